@@ -1,0 +1,153 @@
+"""Checkpoints: safetensors plus JSON, written atomically, never pickles.
+
+* ``best.safetensors``: the model weights (encoder and heads) of the best evaluation, with
+  the evaluation it came from in the file's metadata (and in ``best.json`` for people).
+* ``last/``: everything ``--resume`` needs (weights, optimizer, scheduler, sampler and stream
+  generators, RNG states, loss-combiner state, progress). Written into a temporary folder and
+  renamed into place, so an interruption leaves either the old state or the new one.
+
+Nested training state (dicts and lists holding tensors, numbers and strings) is split into a
+tensor file and a JSON skeleton whose tensors are replaced by ``{"__tensor__": key}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mtbert.errors import CheckpointError
+
+TENSOR_TAG = "__tensor__"
+
+
+def split_tensors(obj: Any, prefix: str = "s") -> tuple[Any, dict[str, torch.Tensor]]:
+    """JSON-able skeleton of ``obj`` and the tensors it held, by generated key."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value.detach().to("cpu").contiguous().clone()
+            return {TENSOR_TAG: path}
+        if isinstance(value, dict):
+            return {str(k): walk(v, f"{path}.{k}") for k, v in value.items()} | (
+                {"__int_keys__": True} if value and all(isinstance(k, int) for k in value) else {}
+            )
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"cannot checkpoint a value of type {type(value).__name__} at {path}")
+
+    return walk(obj, prefix), tensors
+
+
+def join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`split_tensors`."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {TENSOR_TAG}:
+            return tensors[skeleton[TENSOR_TAG]]
+        int_keys = skeleton.get("__int_keys__", False)
+        return {
+            (int(k) if int_keys else k): join_tensors(v, tensors) for k, v in skeleton.items() if k != "__int_keys__"
+        }
+    if isinstance(skeleton, list):
+        return [join_tensors(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _state_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights): store independent contiguous copies.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Write a state dict as safetensors atomically, JSON metadata in the header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        meta = {"mtbert": json.dumps(metadata or {})}
+        save_file(_state_tensors(state), tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("mtbert", "{}"))
+        return load_file(str(path)), meta
+    except Exception as exc:  # corrupt or foreign file
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def save_training_state(folder: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write ``folder`` (e.g. ``checkpoints/last``) atomically: temp folder, then rename."""
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    try:
+        save_file(_state_tensors(model_state), str(tmp / "model.safetensors"))
+        skeleton, tensors = split_tensors(state)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(skeleton) + "\n", encoding="utf-8")
+        old = parent / f"{folder.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_training_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The last saved state, or None when there is none (``<name>.old`` covers a crash mid-rename)."""
+    for candidate in (folder, folder.parent / f"{folder.name}.old"):
+        if (candidate / "state.json").is_file():
+            try:
+                model_state = load_file(str(candidate / "model.safetensors"))
+                tensors = load_file(str(candidate / "state.safetensors"))
+                skeleton = json.loads((candidate / "state.json").read_text(encoding="utf-8"))
+            except Exception as exc:
+                raise CheckpointError(f"{candidate}: unreadable training state ({type(exc).__name__}: {exc})") from None
+            return model_state, join_tensors(skeleton, tensors)
+    return None

@@ -1,0 +1,68 @@
+"""Evaluation: predictions and metrics of every task on a split.
+
+Runs under ``torch.inference_mode`` with length-sorted batches (little padding) and restores
+the file order afterwards. ``mean`` is the plain average of the main tasks' primary scores
+(SST accuracy, paraphrase accuracy, STS Pearson r: the seeds' "overall" score); when a recipe
+has no main task it averages the primary scores of the tasks it has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mtbert.engine.data import TaskData, eval_batches
+from mtbert.engine.device import autocast
+
+
+def mean_score(metrics: dict[str, float], tasks: dict[str, TaskData]) -> float | None:
+    main = [t.spec.metric_key for t in tasks.values() if t.spec.main and t.spec.metric_key in metrics]
+    keys = main or [t.spec.metric_key for t in tasks.values() if t.spec.metric_key in metrics]
+    if not keys:
+        return None
+    return sum(metrics[k] for k in keys) / len(keys)
+
+
+@torch.inference_mode()
+def predict_split(
+    model: Any, task: TaskData, split: str, *, device: torch.device, precision: str, batch_size: int
+) -> tuple[list[str], list[float | int], list[Any]]:
+    """(ids, predictions, labels) in file order for one task's split."""
+    head = model.heads[task.name]
+    encoded = task.splits[split].encoded
+    predictions: list[Any] = [None] * len(encoded)
+    for indices in eval_batches(encoded, batch_size):
+        batch = task.collate(split, indices).to(device)
+        with autocast(device, precision):
+            raw = model(batch)
+        values = head.predict(raw.float()).cpu().tolist()
+        for i, value in zip(indices, values):
+            predictions[i] = value
+    return list(encoded.ids), predictions, list(encoded.labels)
+
+
+def evaluate(
+    model: Any, tasks: dict[str, TaskData], split: str, *, device: torch.device, precision: str, batch_size: int
+) -> tuple[dict[str, float], dict[str, tuple[list[str], list[Any]]]]:
+    """Metrics of every task that has ``split`` loaded, plus ``mean``; and the predictions."""
+    was_training = model.training
+    model.eval()
+    metrics: dict[str, float] = {}
+    outputs: dict[str, tuple[list[str], list[Any]]] = {}
+    try:
+        for name, task in tasks.items():
+            if split not in task.splits:
+                continue
+            ids, predictions, labels = predict_split(
+                model, task, split, device=device, precision=precision, batch_size=batch_size
+            )
+            outputs[name] = (ids, predictions)
+            if labels and all(label is not None for label in labels):
+                metrics.update(task.spec.metrics(predictions, labels))
+    finally:
+        model.train(was_training)
+    mean = mean_score(metrics, tasks)
+    if mean is not None:
+        metrics["mean"] = mean
+    return metrics, outputs

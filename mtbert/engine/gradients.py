@@ -1,0 +1,54 @@
+"""The shared parameters' gradients as one flat tensor on the device.
+
+Each shared parameter's ``.grad`` is bound to a view into one contiguous buffer, so autograd
+accumulates straight into it: reading all shared gradients is ``flat()`` and writing them back
+is one ``copy_``, with no Python loop over parameters in the hot path. If autograd ever
+replaces a ``.grad`` instead of accumulating into the view (it may for unusual layouts),
+``flat()`` notices and gathers the gradients by copying instead, so results stay correct.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SharedGradients:
+    def __init__(self, parameters: list[torch.nn.Parameter], device: torch.device):
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.numel = sum(p.numel() for p in self.parameters)
+        self.buffer = torch.zeros(self.numel, device=device, dtype=torch.float32)
+        self.views: list[torch.Tensor] = []
+        offset = 0
+        for p in self.parameters:
+            self.views.append(self.buffer[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        self.rebind()
+
+    def rebind(self) -> None:
+        """Point every ``.grad`` at its view again (after ``zero_grad(set_to_none=True)``)."""
+        self.buffer.zero_()
+        for p, view in zip(self.parameters, self.views):
+            p.grad = view if p.dtype == view.dtype else None
+
+    def _bound(self) -> bool:
+        return all(p.grad is not None and p.grad.data_ptr() == v.data_ptr() for p, v in zip(self.parameters, self.views))
+
+    def flat(self) -> torch.Tensor:
+        """All shared gradients as one vector (a view of the buffer when binding held)."""
+        if not self._bound():
+            for p, view in zip(self.parameters, self.views):
+                if p.grad is None:
+                    view.zero_()
+                elif p.grad.data_ptr() != view.data_ptr():
+                    view.copy_(p.grad)
+                    p.grad = view
+        return self.buffer
+
+    def zero(self) -> None:
+        self.flat()
+        self.buffer.zero_()
+
+    def assign(self, vector: torch.Tensor) -> None:
+        """Make ``vector`` the shared gradients the optimizer will use."""
+        self.flat()
+        self.buffer.copy_(vector)

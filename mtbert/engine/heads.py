@@ -1,0 +1,115 @@
+"""Building blocks every head plugin shares: pooling, pair features, task losses.
+
+A head plugin subclasses :class:`TaskHeadModule` and writes only ``forward``; the loss and
+the mapping from raw outputs to task labels follow from the task's label kind:
+
+* ``multiclass``: ``C`` logits, cross-entropy (optional class weights), argmax;
+* ``binary``: one logit, binary cross-entropy with logits (optional class weights), ``> 0``;
+* ``regression``: one score, mean squared error, clamped to the label range for predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtbert.engine.components import Features
+
+Pooling = Literal["pooler", "cls", "mean"]
+PairPart = Literal["u", "v", "abs-diff", "product"]
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states of real tokens (padding excluded), as Sentence-BERT pools."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def pool(features: Features, index: int, how: Pooling) -> torch.Tensor:
+    """One vector per example for sequence ``index``: BERT's pooler, the [CLS] state, or the mean."""
+    if how == "pooler":
+        return features.pooled[index]
+    if how == "cls":
+        return features.hidden[index][:, 0]
+    if how == "mean":
+        return masked_mean(features.hidden[index], features.masks[index])
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+def pair_features(u: torch.Tensor, v: torch.Tensor, parts: Sequence[str]) -> torch.Tensor:
+    """Concatenate the chosen views of a sentence pair: u, v, |u - v|, u * v (Sentence-BERT)."""
+    views = {"u": lambda: u, "v": lambda: v, "abs-diff": lambda: (u - v).abs(), "product": lambda: u * v}
+    return torch.cat([views[p]() for p in parts], dim=-1)
+
+
+def pooled_input(features: Features, how: Pooling, parts: Sequence[str]) -> torch.Tensor:
+    """The head's input vector: one pooled sequence, or the pair features of two."""
+    if features.num_sequences == 1:
+        return pool(features, 0, how)
+    return pair_features(pool(features, 0, how), pool(features, 1, how), parts)
+
+
+def input_width(hidden_size: int, input_format_sequences: int, parts: Sequence[str]) -> int:
+    return hidden_size if input_format_sequences == 1 else hidden_size * len(parts)
+
+
+def sequences_of(input_format: str) -> int:
+    """How many feature sets an input format gives (only ``separate-pair`` gives two)."""
+    return 2 if input_format == "separate-pair" else 1
+
+
+class TaskHeadModule(nn.Module):
+    """Base class of heads: the loss and label mapping for the task's label kind."""
+
+    def __init__(self, task: Any, class_weights: Sequence[float] | None = None):
+        super().__init__()
+        self.label_kind: str = task.label_kind
+        self.num_classes: int | None = task.num_classes
+        self.label_range: tuple[float, float] | None = task.label_range
+        weights = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    @property
+    def out_features(self) -> int:
+        return self.num_classes if self.label_kind == "multiclass" else 1
+
+    def loss(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        predictions = predictions.float()
+        if self.label_kind == "multiclass":
+            return F.cross_entropy(predictions, labels.long(), weight=self.class_weights)
+        if self.label_kind == "binary":
+            target = labels.float()
+            if self.class_weights is None:
+                return F.binary_cross_entropy_with_logits(predictions, target)
+            per_example = F.binary_cross_entropy_with_logits(predictions, target, reduction="none")
+            w = self.class_weights[target.long()]
+            return (per_example * w).sum() / w.sum()
+        return F.mse_loss(predictions, labels.float())
+
+    def predict(self, predictions: torch.Tensor) -> torch.Tensor:
+        if self.label_kind == "multiclass":
+            return predictions.argmax(dim=-1)
+        if self.label_kind == "binary":
+            return (predictions > 0).long()
+        low, high = self.label_range
+        return predictions.float().clamp(low, high)
+
+    def squeeze_output(self, out: torch.Tensor) -> torch.Tensor:
+        """``[B, 1]`` -> ``[B]`` for binary and regression heads."""
+        return out.squeeze(-1) if self.label_kind != "multiclass" else out
+
+
+def check_class_weights(task: Any, class_weights: Sequence[float] | None) -> str | None:
+    """A reason why ``class_weights`` does not fit ``task``, or None."""
+    if class_weights is None:
+        return None
+    if task.label_kind == "regression":
+        return "class_weights apply to classification tasks only"
+    if len(class_weights) != task.num_classes:
+        return f"class_weights needs {task.num_classes} numbers, got {len(class_weights)}"
+    if any(w <= 0 for w in class_weights):
+        return "class_weights must be positive"
+    return None

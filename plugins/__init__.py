@@ -1,0 +1,1 @@
+"""Builtin mtbert plugins; each module is registered through the `mtbert` entry-point group."""

