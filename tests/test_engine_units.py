@@ -835,11 +835,11 @@ def test_check_class_weights():
 
 def test_linear_head_widths_and_forward():
     hidden = 4
-    single = LinearHead().build(hidden, SST, "single")
+    single = LinearHead(pooling="pooler").build(hidden, SST, "single")
     assert single.linear.in_features == hidden and single.linear.out_features == 5
-    pair = LinearHead().build(hidden, STS, "separate-pair")
+    pair = LinearHead(pooling="pooler", pair=["u", "v"]).build(hidden, STS, "separate-pair")
     assert pair.linear.in_features == 2 * hidden and pair.linear.out_features == 1
-    sbert = LinearHead(pair=["u", "v", "abs-diff", "product"]).build(hidden, PARA, "separate-pair")
+    sbert = LinearHead().build(hidden, PARA, "separate-pair")  # the default: all four views
     assert sbert.linear.in_features == 4 * hidden
     concat = LinearHead(pair=["u", "v", "abs-diff", "product"]).build(hidden, PARA, "concat-pair")
     assert concat.linear.in_features == hidden
