@@ -37,7 +37,7 @@ class Sum:
 
     requires_step_mode = None
 
-    def build(self, task_names: list[str], shared_parameters: list[torch.nn.Parameter]) -> SumCombiner:
+    def build(self, task_names: list[str], model: torch.nn.Module) -> SumCombiner:
         return SumCombiner(task_names)
 
 

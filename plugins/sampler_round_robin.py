@@ -51,7 +51,7 @@ class RoundRobin:
     step: StepMode = option("one-task", help="one-task: one task's batch per step; all-tasks: a batch of every task per step")
     shuffle_order: bool = option(False, help="shuffle the task order within each round (one-task mode)")
 
-    def build(self, batches: dict[str, int], seed: int) -> RoundRobinSampler:
+    def build(self, batches: dict[str, int], seed: int, epochs: int) -> RoundRobinSampler:
         return RoundRobinSampler(batches, seed, self.step, self.shuffle_order)
 
 

@@ -73,7 +73,7 @@ BATCHES = {"sst": 12, "para": 30, "sts": 5}
 
 # =========================================================================== samplers
 def test_round_robin_one_task_cycles_recipe_order_min_batches_each():
-    sampler = RoundRobin().build(dict(BATCHES), seed=3)
+    sampler = RoundRobin().build(dict(BATCHES), seed=3, epochs=3)
     assert sampler.step_mode == "one-task"
     assert sampler.batches_per_epoch() == {"sst": 5, "para": 5, "sts": 5}
     plan = sampler.epoch(0)
@@ -84,14 +84,14 @@ def test_round_robin_one_task_cycles_recipe_order_min_batches_each():
 
 
 def test_round_robin_all_tasks_mode_yields_every_task_per_step():
-    sampler = RoundRobin(step="all-tasks").build(dict(BATCHES), seed=3)
+    sampler = RoundRobin(step="all-tasks").build(dict(BATCHES), seed=3, epochs=3)
     plan = sampler.epoch(0)
     assert plan == [("sst", "para", "sts")] * 5
     assert sampler.steps_per_epoch() == len(plan) == 5
 
 
 def test_round_robin_shuffle_order_permutes_each_round_keeping_counts():
-    sampler = RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=11)
+    sampler = RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=11, epochs=3)
     plan = sampler.epoch(0)
     assert len(plan) == sampler.steps_per_epoch() == 15
     assert Counter(step for step in plan) == {("sst",): 5, ("para",): 5, ("sts",): 5}
@@ -102,33 +102,33 @@ def test_round_robin_shuffle_order_permutes_each_round_keeping_counts():
 
 
 def test_round_robin_same_seed_same_plan_and_different_seed_differs():
-    plans = [RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=s).epoch(0) for s in (5, 5, 6)]
+    plans = [RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=s, epochs=3).epoch(0) for s in (5, 5, 6)]
     assert plans[0] == plans[1]
     assert plans[0] != plans[2]
 
 
 def test_round_robin_state_dict_round_trip_continues_identically():
-    a = RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=21)
+    a = RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=21, epochs=3)
     a.epoch(0)
     state = a.state_dict()
     # through the checkpoint serialisation as the engine stores it
     skeleton, tensors = split_tensors(state)
     restored = join_tensors(json.loads(json.dumps(skeleton)), tensors)
     expected = [a.epoch(1), a.epoch(2)]
-    b = RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=999)
+    b = RoundRobin(shuffle_order=True).build(dict(BATCHES), seed=999, epochs=3)
     b.load_state_dict(restored)
     assert [b.epoch(1), b.epoch(2)] == expected
 
 
 def test_round_robin_single_task_and_empty():
-    sampler = RoundRobin().build({"sst": 4}, seed=0)
+    sampler = RoundRobin().build({"sst": 4}, seed=0, epochs=3)
     assert sampler.epoch(0) == [("sst",)] * 4
     with pytest.raises(ValueError):
-        RoundRobin().build({}, seed=0)
+        RoundRobin().build({}, seed=0, epochs=3)
 
 
 def test_round_robin_is_a_seeded_sampler_with_its_options():
-    sampler = RoundRobin(step="all-tasks", shuffle_order=True).build({"a": 2, "b": 3}, seed=1)
+    sampler = RoundRobin(step="all-tasks", shuffle_order=True).build({"a": 2, "b": 3}, seed=1, epochs=3)
     assert isinstance(sampler, RoundRobinSampler) and isinstance(sampler, SeededSampler)
     assert sampler.tasks == ["a", "b"] and sampler.shuffle_order is True
     assert sampler.step_mode == "all-tasks"
@@ -880,7 +880,7 @@ def test_input_formats_encode_and_check(tokenizer):
 
 # =========================================================================== combiner and clipping
 def test_sum_combiner():
-    combiner = Sum().build(["sst", "sts"], [])
+    combiner = Sum().build(["sst", "sts"], None)
     losses = {"sst": torch.tensor(1.5, requires_grad=True), "sts": torch.tensor(0.25)}
     combined = combiner.combine(losses)
     assert combined.weights == {"sst": 1.0, "sts": 1.0}

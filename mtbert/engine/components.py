@@ -126,8 +126,8 @@ class SamplerState(Protocol):
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch (used for the schedule and the progress bar)."""
 
-    def epoch(self, index: int) -> Iterator[tuple[str, ...]]:
-        """The tasks giving a batch at each optimizer step of epoch ``index``."""
+    def epoch(self, index: int) -> list[tuple[str, ...]]:
+        """The whole plan of epoch ``index``: per step, the tasks that give a batch."""
 
     def batches_per_epoch(self) -> dict[str, int]:
         """How many batches each task gives in one epoch (documented and tested per sampler)."""
@@ -140,8 +140,9 @@ class SamplerState(Protocol):
 class Sampler(Protocol):
     step: StepMode
 
-    def build(self, batches: dict[str, int], seed: int) -> SamplerState:
-        """``batches``: the number of batches one full pass over each task's training data takes."""
+    def build(self, batches: dict[str, int], seed: int, epochs: int) -> SamplerState:
+        """``batches``: each task's batch count for one full pass over its training data;
+        ``seed``: the sampler's own seed; ``epochs``: how many epochs the stage runs (for schedules)."""
 
 
 @attrs.define
@@ -171,7 +172,9 @@ class LossCombinerState(Protocol):
 class LossCombiner(Protocol):
     requires_step_mode: StepMode | None
 
-    def build(self, task_names: list[str], shared_parameters: list[nn.Parameter]) -> LossCombinerState: ...
+    def build(self, task_names: list[str], model: nn.Module) -> LossCombinerState:
+        """``model`` is the :class:`~mtbert.engine.model.MultitaskModel`: ``model.shared_parameters()``,
+        ``model.encoder.layers[-1]`` (the last shared layer, GradNorm's default W)."""
 
 
 class GradientTransformState(Protocol):
@@ -216,7 +219,8 @@ class Regularizer(Protocol):
 
 
 class Stage(Protocol):
-    def run(self, context: Any) -> dict[str, float]: ...
+    def run(self, run: Any, index: int, name: str) -> dict[str, float]:
+        """Train ``run.model`` in place; ``index`` is the stage's position in the recipe."""
 
 
 def no_logs() -> dict[str, float]:

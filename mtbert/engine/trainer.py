@@ -100,10 +100,12 @@ class MultitaskTrainer:
             )
             for name in task_names
         }
-        self.sampler = recipe.sampler.options.build({n: len(s) for n, s in self.streams.items()}, derive_seed(seed, "sampler", stage_index))
+        self.sampler = recipe.sampler.options.build(
+            {n: len(s) for n, s in self.streams.items()}, derive_seed(seed, "sampler", stage_index), epochs
+        )
         shared = run.model.shared_parameters()
         self.shared = shared
-        self.combiner = recipe.loss_combiner.options.build(list(task_names), shared)
+        self.combiner = recipe.loss_combiner.options.build(list(task_names), run.model)
         self.transforms = [(spec, spec.options.build(shared)) for spec in recipe.gradient_transforms]
         self.per_task = any(getattr(t, "needs", "summed") == "per-task" for _, t in self.transforms)
         combiner_params = list(getattr(self.combiner, "parameters", lambda: [])())
