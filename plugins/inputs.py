@@ -29,13 +29,17 @@ def _labels(encoded: EncodedExamples, indices: Sequence[int], dtype: torch.dtype
     return torch.tensor(values, dtype=dtype)
 
 
-def run_encoder(encoder: Any, inputs: dict[str, torch.Tensor], suffix: str = "", **encoder_kwargs: Any):
-    return encoder(
-        input_ids=inputs[f"input_ids{suffix}"],
-        attention_mask=inputs[f"attention_mask{suffix}"],
-        token_type_ids=inputs[f"token_type_ids{suffix}"],
-        **encoder_kwargs,
-    )
+def sequence_inputs(inputs: dict[str, torch.Tensor], suffix: str = "") -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": inputs[f"input_ids{suffix}"],
+        "attention_mask": inputs[f"attention_mask{suffix}"],
+        "token_type_ids": inputs[f"token_type_ids{suffix}"],
+    }
+
+
+def run_encoder(encoder: Any, inputs: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None):
+    """The encoder on one sequence's inputs; ``inputs_embeds`` replaces the word-embedding lookup."""
+    return encoder(**inputs, inputs_embeds=inputs_embeds)
 
 
 @attrs.define
@@ -57,8 +61,11 @@ class SingleSentence:
         inputs = pad_batch([encoded.sequences[0][i] for i in indices])
         return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
 
-    def encode(self, encoder: Any, batch: Batch, **encoder_kwargs: Any) -> Features:
-        out = run_encoder(encoder, batch.inputs, **encoder_kwargs)
+    def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        return [sequence_inputs(batch.inputs)]
+
+    def encode(self, encoder: Any, batch: Batch, inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
+        out = run_encoder(encoder, sequence_inputs(batch.inputs), None if inputs_embeds is None else inputs_embeds[0])
         return Features(hidden=(out.last_hidden_state,), masks=(batch.inputs["attention_mask"],), pooled=(out.pooler_output,))
 
 
@@ -85,13 +92,13 @@ class SeparatePair:
         inputs = {**{f"{k}_1": v for k, v in a.items()}, **{f"{k}_2": v for k, v in b.items()}}
         return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
 
-    def encode(self, encoder: Any, batch: Batch, **encoder_kwargs: Any) -> Features:
-        if encoder_kwargs:  # e.g. SMART's perturbed embeddings: one entry per sentence
-            first = run_encoder(encoder, batch.inputs, "_1", **{k: v[0] for k, v in encoder_kwargs.items()})
-            second = run_encoder(encoder, batch.inputs, "_2", **{k: v[1] for k, v in encoder_kwargs.items()})
-        else:
-            first = run_encoder(encoder, batch.inputs, "_1")
-            second = run_encoder(encoder, batch.inputs, "_2")
+    def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        return [sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2")]
+
+    def encode(self, encoder: Any, batch: Batch, inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
+        embeds = inputs_embeds or (None, None)  # e.g. SMART's perturbed word embeddings, one per sentence
+        first = run_encoder(encoder, sequence_inputs(batch.inputs, "_1"), embeds[0])
+        second = run_encoder(encoder, sequence_inputs(batch.inputs, "_2"), embeds[1])
         return Features(
             hidden=(first.last_hidden_state, second.last_hidden_state),
             masks=(batch.inputs["attention_mask_1"], batch.inputs["attention_mask_2"]),

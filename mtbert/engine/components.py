@@ -99,8 +99,12 @@ class InputFormat(Protocol):
     def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
         """Pad the chosen examples to the longest among them (dynamic padding)."""
 
-    def encode(self, encoder: nn.Module, batch: Batch, **encoder_kwargs: Any) -> Features:
-        """Run the encoder on a batch; ``encoder_kwargs`` lets SMART pass ``inputs_embeds``."""
+    def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        """Per encoded sequence, its ``input_ids``, ``attention_mask`` and ``token_type_ids``."""
+
+    def encode(self, encoder: nn.Module, batch: Batch, inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
+        """Run the encoder on a batch. ``inputs_embeds`` (one word-embedding tensor per sequence,
+        as :meth:`sequences` orders them) replaces the word lookup: SMART perturbs it."""
 
 
 class HeadModule(Protocol):

@@ -21,12 +21,24 @@ class MultitaskModel(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.input_formats = dict(input_formats)  # plain objects, not modules
 
-    def features(self, batch: Batch, **encoder_kwargs: Any) -> Features:
-        return self.input_formats[batch.task].encode(self.encoder, batch, **encoder_kwargs)
+    def features(self, batch: Batch, inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
+        return self.input_formats[batch.task].encode(self.encoder, batch, inputs_embeds=inputs_embeds)
 
-    def forward(self, batch: Batch, **encoder_kwargs: Any) -> torch.Tensor:
-        """Predictions of the batch's task head (logits or scores)."""
-        return self.heads[batch.task](self.features(batch, **encoder_kwargs))
+    def forward(self, batch: Batch, inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """Predictions of the batch's task head (logits or scores).
+
+        ``inputs_embeds`` gives, per encoded sequence of the batch, word embeddings to use
+        instead of the lookup (position and segment embeddings are still added once).
+        """
+        return self.heads[batch.task](self.features(batch, inputs_embeds))
+
+    def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        """The encoder inputs of each sequence of the batch (one, or two for separate pairs)."""
+        return self.input_formats[batch.task].sequences(batch)
+
+    def word_embeddings(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """Word-embedding lookups of each sequence (what SMART perturbs)."""
+        return tuple(self.encoder.embed_words(s["input_ids"]) for s in self.sequences(batch))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
