@@ -469,6 +469,17 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
     if len(per_task) > 1:
         problems.add("gradient_transforms", f"at most one transform may combine per-task gradients; found {', '.join(per_task)}")
 
+    # Components whose options name tasks (loop.to, weights = {...}) check them against the recipe.
+    named = [(sampler, "sampler"), (combiner, "loss_combiner"),
+             *((t, f"gradient_transforms[{i}]") for i, t in enumerate(transforms)),
+             *((r, f"regularizers[{i}]") for i, r in enumerate(regularizers))]
+    for spec_, where in named:
+        check = getattr(spec_.options, "check_tasks", None) if spec_ is not None else None
+        if check is not None:
+            reason = check(list(raw_tasks))
+            if reason:
+                problems.add(where, f"'{spec_.name}': {reason}")
+
     for i, stage in enumerate(stages):
         for task_name in getattr(stage.options, "tasks", None) or []:
             if task_name not in raw_tasks:

@@ -255,6 +255,7 @@ class RunContext:
             "best": self.best,
             "last": self.last,
             "trainer": trainer.state_dict(),
+            "regularizers": [r.state_dict() if hasattr(r, "state_dict") else {} for _, r in self.regularizers],
         }
         save_training_state(self.checkpoints / "last", self.model.state_dict(), state)
 
@@ -399,6 +400,9 @@ def run_recipe(
     run.build()
     if resume_state is not None:
         run.model.load_state_dict(resume_state["model"])
+        for (_, regularizer), saved in zip(run.regularizers, resume_state.get("regularizers", [])):
+            if hasattr(regularizer, "load_state_dict"):
+                regularizer.load_state_dict(saved)
         run.global_step = int(resume_state["global_step"])
         run.best = resume_state["best"]
         run.last = resume_state["last"]

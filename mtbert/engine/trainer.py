@@ -34,6 +34,11 @@ class RunInterrupted(MtbertError):
     """Training stopped on request (Ctrl-C or a plugin); the state was saved for --resume."""
 
 
+def _state_of(component: Any) -> dict[str, Any]:
+    """A component's checkpoint state, for those that keep one (optional ``state_dict``)."""
+    return component.state_dict() if hasattr(component, "state_dict") else {}
+
+
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int):
     def factor(step: int) -> float:
         if schedule == "constant":
@@ -146,6 +151,7 @@ class MultitaskTrainer:
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "combiner": self.combiner.state_dict(),
+            "transforms": [_state_of(t) for _, t in self.transforms],
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -161,6 +167,9 @@ class MultitaskTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.combiner.load_state_dict(state["combiner"])
+        for (_, transform), saved in zip(self.transforms, state.get("transforms", [])):
+            if hasattr(transform, "load_state_dict"):
+                transform.load_state_dict(saved)
         for name, stream_state in state["streams"].items():
             self.streams[name].load_state_dict(stream_state)
         torch.set_rng_state(state["rng"])
@@ -236,6 +245,9 @@ class MultitaskTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.combiner.after_step()
+        for _, regularizer in self.run.regularizers:
+            if hasattr(regularizer, "after_step"):
+                regularizer.after_step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.grads is not None:
             self.grads.rebind()
