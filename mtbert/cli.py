@@ -221,6 +221,28 @@ def predict(run_dir: Path, task_name: str, input_path: Path, output_path: Path, 
     click.echo(f"{len(ids)} predictions written to {output_path}")
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--baseline", type=click.Path(file_okay=False, path_type=Path), help="Run whose scores the deltas are against.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG of dev mean per epoch.")
+@guard
+def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_path: Path | None) -> None:
+    """Compare runs: the recipe values that differ, best dev scores, deltas, wall time."""
+    from mtbert.compare import compare as build_table, plot
+
+    folders = [p for p in run_dirs if p.is_dir()]
+    table, records = build_table(folders, baseline)
+    table.skipped = [f"{p}: not a folder" for p in run_dirs if not p.is_dir()] + table.skipped
+    click.echo(table.markdown() if fmt == "markdown" else table.csv(), nl=False)
+    if plot_path is not None:
+        try:
+            plot(records, plot_path)
+        except ImportError:
+            raise MtbertError("--plot needs matplotlib: pip install matplotlib") from None
+        click.echo(f"plot written to {plot_path}", err=True)
+
+
 def main() -> None:
     cli(prog_name="mtbert")
 

@@ -1,0 +1,192 @@
+"""``mtbert compare``: the seeds' ablation table, built from run folders.
+
+One row per run: its name, the recipe values that differ between the compared runs, the best
+dev scores (SST accuracy, paraphrase accuracy, STS Pearson r, mean), their deltas against a
+baseline run, and the wall time. Folders that cannot be read or have no evaluation yet are
+listed under the table rather than stopping the command.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+MAIN_METRICS = ("sst_acc", "para_acc", "sts_pearson", "mean")
+HEADERS = {"sst_acc": "SST acc", "para_acc": "Para acc", "sts_pearson": "STS r", "mean": "mean",
+           "cfimdb_acc": "CFIMDB acc"}
+
+
+@attrs.define
+class RunRecord:
+    folder: Path
+    name: str
+    recipe: dict[str, Any]
+    best: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    seconds: float | None
+    status: str
+
+
+def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(table, dict):
+        for key, value in table.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    elif isinstance(table, list) and any(isinstance(v, dict) for v in table):
+        for i, value in enumerate(table):
+            out.update(_flatten(value, f"{prefix}[{i}]"))
+        if not table:
+            out[prefix] = []
+    else:
+        out[prefix] = table
+    return out
+
+
+def read_run(folder: Path) -> RunRecord:
+    """A run folder's recipe, best evaluation, history and time; ValueError when unreadable."""
+    recipe_path = folder / "recipe.toml"
+    if not recipe_path.is_file():
+        raise ValueError("no recipe.toml (not a run folder)")
+    try:
+        recipe = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"unreadable recipe.toml ({exc})") from None
+    summary: dict[str, Any] = {}
+    if (folder / "metrics.json").is_file():
+        try:
+            summary = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"unreadable metrics.json ({exc})") from None
+    history = []
+    if (folder / "metrics.jsonl").is_file():
+        for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            try:
+                history.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a crash: the others still count
+    info: dict[str, Any] = {}
+    if (folder / "run.json").is_file():
+        try:
+            info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        except ValueError:
+            info = {}
+    return RunRecord(folder=folder, name=folder.name, recipe=recipe, best=summary.get("best"), history=history,
+                     seconds=info.get("train_seconds"), status=info.get("status", "unknown"))
+
+
+def differing_keys(records: list[RunRecord]) -> list[str]:
+    """Recipe keys whose values are not the same in every compared run (the name excluded)."""
+    flats = [_flatten(r.recipe) for r in records]
+    keys = sorted(set().union(*flats)) if flats else []
+    ignore = {"name", "description", "train.progress", "data.dir", "train.device", "train.threads"}
+    return [k for k in keys if k not in ignore and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@attrs.define
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    skipped: list[str]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.headers) + " |", "| " + " | ".join("---" for _ in self.headers) + " |"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        if self.skipped:
+            lines.append("")
+            lines += [f"- skipped {s}" for s in self.skipped]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(self.headers)
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+
+def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[str, ...] = MAIN_METRICS) -> tuple[Table, list[RunRecord]]:
+    records: list[RunRecord] = []
+    skipped: list[str] = []
+    for folder in folders:
+        try:
+            record = read_run(folder)
+        except ValueError as exc:
+            skipped.append(f"{folder}: {exc}")
+            continue
+        if record.best is None:
+            skipped.append(f"{folder}: no evaluation yet (status {record.status})")
+            continue
+        records.append(record)
+    keys = differing_keys(records)
+    base = None
+    if baseline is not None:
+        base = next((r for r in records if r.folder.resolve() == baseline.resolve()), None)
+        if base is None:
+            try:
+                base = read_run(baseline)
+            except ValueError as exc:
+                skipped.append(f"baseline {baseline}: {exc}")
+    shown = [m for m in metrics if any(m in r.best["dev"] for r in records)]
+    headers = ["run", *keys, *(HEADERS.get(m, m) for m in shown)]
+    if base is not None and base.best is not None:
+        headers += [f"Δ {HEADERS.get(m, m)}" for m in shown]
+    headers += ["best epoch", "wall time", "status"]
+    rows = []
+    for r in records:
+        flat = _flatten(r.recipe)
+        row = [r.name, *(_fmt(flat.get(k)) for k in keys)]
+        dev = r.best["dev"]
+        row += [f"{dev[m]:.3f}" if m in dev else "—" for m in shown]
+        if base is not None and base.best is not None:
+            bdev = base.best["dev"]
+            row += [f"{dev[m] - bdev[m]:+.3f}" if m in dev and m in bdev else "—" for m in shown]
+        row += [str(r.best.get("epoch", "—")), _clock(r.seconds), r.status]
+        rows.append(row)
+    return Table(headers=headers, rows=rows, skipped=skipped), records
+
+
+def plot(records: list[RunRecord], path: Path, metric: str = "mean") -> None:
+    """Dev ``metric`` per epoch of each run, as a PNG (needs matplotlib: pip install 'mtbert[plot]')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for record in records:
+        points = [(i + 1, h["metrics"][metric]) for i, h in enumerate(record.history) if metric in h.get("metrics", {})]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=record.name)
+    ax.set_xlabel("evaluation (epoch)")
+    ax.set_ylabel(f"dev {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""Plan-building helpers shared by the builtin samplers (a library module: it registers nothing).
+
+A sampler decides, per epoch, how many batches each task gives and in which order; the
+engine's per-task streams decide *which* batches (each stream reshuffles its data on every
+pass and continues across epochs). The helpers here turn per-task counts into a plan:
+
+* :func:`one_task_plan` with ``order = "shuffled"`` (a random interleaving drawn from the
+  sampler's generator) or ``order = "round-robin"`` (tasks visited in recipe order again and
+  again, a task dropping out once its batches for the epoch are spent);
+* :func:`largest_remainder`: integer counts with a fixed total from fractional ones;
+* :class:`EqualCountSampler`: every task gives the same number of batches per epoch;
+* one-line reasons for recipe validation (:func:`unknown_task`, :func:`one_task_only`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Literal
+
+from mtbert.engine.components import StepMode
+from mtbert.engine.sampling import SeededSampler
+from mtbert.schema import did_you_mean
+
+Order = Literal["shuffled", "round-robin"]
+
+ORDER_HELP = (
+    "order of the steps within an epoch (one-task mode): shuffled = a random interleaving redrawn "
+    "every epoch; round-robin = tasks in recipe order, again and again"
+)
+
+
+def cycled_steps(tasks: list[str], counts: dict[str, int]) -> list[tuple[str, ...]]:
+    """Tasks in the given order, again and again; a task whose count is spent is skipped."""
+    left = {task: counts[task] for task in tasks}
+    steps: list[tuple[str, ...]] = []
+    while True:
+        active = [task for task in tasks if left[task] > 0]
+        if not active:
+            return steps
+        # A whole block of rounds in which every active task still has a batch.
+        rounds = min(left[task] for task in active)
+        steps.extend((task,) for _ in range(rounds) for task in active)
+        for task in active:
+            left[task] -= rounds
+
+
+def one_task_plan(sampler: SeededSampler, counts: dict[str, int], order: Order) -> list[tuple[str, ...]]:
+    """One task per step, ``counts[task]`` steps of each task, in the chosen order."""
+    if order == "round-robin":
+        return cycled_steps(sampler.tasks, counts)
+    return sampler.shuffled_steps(counts)
+
+
+def largest_remainder(expected: dict[str, float], total: int) -> dict[str, int]:
+    """Integers summing to ``total`` with each within 1 of ``expected`` (Hamilton's method).
+
+    Every task gets the floor of its expected count; the batches left over go to the largest
+    fractional parts (ties: recipe order).
+    """
+    floors = {task: math.floor(value) for task, value in expected.items()}
+    short = total - sum(floors.values())
+    ranked = sorted(expected, key=lambda task: -(expected[task] - floors[task]))  # stable: recipe order on ties
+    for task in ranked[:short]:
+        floors[task] += 1
+    return floors
+
+
+def unknown_task(names: Iterable[str], task_names: list[str], key: str) -> str | None:
+    """A reason naming the first of ``names`` that is not one of the recipe's tasks."""
+    for name in names:
+        if name not in task_names:
+            return (
+                f"{key} names task '{name}', which is not under [tasks] "
+                f"(tasks: {', '.join(task_names)}){did_you_mean(name, task_names)}"
+            )
+    return None
+
+
+def one_task_only(sampler: str, why: str, alternative: str) -> str:
+    """Why a sampler refuses ``step = "all-tasks"`` (raised as ValueError by its options class)."""
+    return f"step = \"all-tasks\" does not fit sampler '{sampler}': {why}; {alternative}"
+
+
+class EqualCountSampler(SeededSampler):
+    """Every task gives the same number of batches per epoch (``upsample``, ``loop``).
+
+    One-task mode: ``target`` steps of each task in the chosen ``order``; all-tasks mode:
+    ``target`` steps, each with a batch of every task. Tasks with fewer batches per pass
+    repeat (their streams start a new, reshuffled pass); tasks with more are cut, and
+    their streams continue there next epoch.
+    """
+
+    def __init__(self, batches: dict[str, int], seed: int, step_mode: StepMode, order: Order, target: int):
+        super().__init__(batches, seed, step_mode)
+        self.order = order
+        self.target = target
+
+    def batches_per_epoch(self) -> dict[str, int]:
+        return {task: self.target for task in self.tasks}
+
+    def epoch(self, index: int) -> list[tuple[str, ...]]:
+        counts = self.batches_per_epoch()
+        if self.step_mode == "all-tasks":
+            return self.interleave_all_tasks(counts)
+        return one_task_plan(self, counts, self.order)
