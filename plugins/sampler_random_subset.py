@@ -56,7 +56,7 @@ def subset_size(n: int, fraction: float) -> int:
     """``max(1, round(fraction * n))`` (halves up), never more than ``n``; 0 for an empty task."""
     if n <= 0:
         return 0
-    return min(n, max(1, math.floor(fraction * n)))
+    return min(n, max(1, math.floor(fraction * n + 0.5)))
 
 
 class RandomSubsetSampler(SeededSampler):

@@ -371,6 +371,12 @@ def test_cycled_steps_equals_a_naive_round_robin(counts):
     assert cycled_steps(tasks, dict(zip(tasks, counts))) == naive
 
 
+def test_largest_remainder_gives_the_leftovers_to_the_largest_fractions():
+    # floors 1, 2, 3 (6 of 7): the one left goes to b (.7), not to the first task
+    assert largest_remainder({"a": 1.2, "b": 2.7, "c": 3.1}, 7) == {"a": 1, "b": 3, "c": 3}
+    assert largest_remainder({"a": 0.5, "b": 0.5, "c": 2.0}, 3) == {"a": 1, "b": 0, "c": 2}  # tie: recipe order
+
+
 @settings(max_examples=100, deadline=None)
 @given(weights=st.lists(st.floats(0.01, 100.0), min_size=1, max_size=6), total=st.integers(0, 5000))
 def test_largest_remainder_keeps_the_total_and_stays_within_one(weights, total):
@@ -379,6 +385,9 @@ def test_largest_remainder_keeps_the_total_and_stays_within_one(weights, total):
     counts = largest_remainder(expected, total)
     assert sum(counts.values()) == total
     assert all(abs(counts[t] - expected[t]) < 1 for t in expected)
+    raised = [expected[t] % 1 for t in expected if counts[t] > math.floor(expected[t])]
+    kept = [expected[t] % 1 for t in expected if counts[t] == math.floor(expected[t])]
+    assert not raised or not kept or min(raised) >= max(kept)
 
 
 # =========================================================================== registration and recipes
