@@ -14,7 +14,11 @@ BUILTIN_PLUGINS = {
     "tasks-cs224n": "tasks_cs224n",
     "checkpoints": "checkpoints",
     "inputs": "inputs",
+    "input-concat-pair": "input_concat_pair",
     "head-linear": "head_linear",
+    "head-mlp": "head_mlp",
+    "head-cosine": "head_cosine",
+    "head-pair-classifier": "head_pair_classifier",
     "sampler-round-robin": "sampler_round_robin",
     "sampler-in-turn": "sampler_in_turn",
     "sampler-upsample": "sampler_upsample",
@@ -25,6 +29,10 @@ BUILTIN_PLUGINS = {
     "combiner-basic": "combiner_basic",
     "transform-clip-norm": "transform_clip_norm",
     "stage-multitask": "stage_multitask",
+    "stage-mlm": "stage_mlm",
+    "regularizer-smart": "regularizer_smart",
+    "regularizer-mixout": "regularizer_mixout",
+    "regularizer-norm-penalty": "regularizer_norm_penalty",
 }
 
 setup(

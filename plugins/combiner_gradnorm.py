@@ -10,10 +10,10 @@ optimizer (learning rate ``lr``) on the balancing loss::
     r_i   = Ltilde_i / mean_j Ltilde_j,   Ltilde_i = L_i(t) / L_i(0)   (unweighted losses)
     Lgrad = sum_i | G_i - [Gbar * r_i ** alpha] |     (the bracket is a constant target)
 
-and after each update they are renormalised so that ``sum_i w_i = T`` (the number of tasks),
-with every weight at least ``min_weight`` (a weight below it is raised to it and the others
-shrink proportionally), so the weights stay positive. A task that trains more slowly than the others
-(``r_i > 1``) gets a larger gradient-norm target, hence a larger weight.
+and after each update they are renormalised so that ``sum_i w_i = T`` (the number of
+tasks), with every weight at least ``min_weight`` (a weight below it is raised to it and the
+others shrink proportionally), so the weights stay positive. A task that trains more slowly
+than the others (``r_i > 1``) gets a larger gradient-norm target, hence a larger weight.
 
 How this implementation keeps the balancing away from the network (two popular
 implementations let ``Lgrad.backward()`` write into the network's ``.grad``):
@@ -32,16 +32,19 @@ implementations let ``Lgrad.backward()`` write into the network's ``.grad``):
   as in the paper's Algorithm 1, and under gradient accumulation every micro-batch of an
   optimizer step uses the same weights while their balancing gradients are averaged.
 
-Options and defaults: ``alpha`` = 1.5 (the paper's default for its NYUv2 experiments; seed
-002 swept 0.5, 1.0, 1.5, 3.0 and found 1.0 best on the CS224N tasks); ``lr`` = 0.025 (Adam on
-``w``: each weight moves by roughly ``lr`` per step); ``layer`` = ``"last"`` (the parameters of
-the last shared encoder layer, ``model.encoder.layers[-1]``, the paper's choice "the last shared
-layer"), ``"pooler"`` (BERT's pooler dense layer, seed 002's choice: only valid when every
-head uses the pooler output) or ``"all-shared"`` (every encoder parameter: exact, but one
-extra backward through the whole encoder per task and step); ``min_weight`` = 0.01, the
-smallest weight after renormalisation (at most 1, as the weights average 1). Needs a batch of every task per step
-(``sampler.step = "all-tasks"``); a step that lacks a task uses the current weights without a
-balancing update. Logged: the weights (``weight/<task>``), ``gradnorm_loss``,
+Options and defaults: ``alpha`` = 1.5 (the value the paper uses on NYUv2; seed 002 swept
+0.5, 1.0, 1.5, 3.0 and found 1.0 best on the CS224N tasks); ``lr`` = 0.025 (Adam on ``w``: each
+weight moves by roughly ``lr`` per step); ``layer`` = ``"last"`` (the parameters of the last
+shared encoder layer, ``model.encoder.layers[-1]``: the paper's "last shared layer"),
+``"pooler"`` (BERT's pooler dense layer, seed 002's choice: only valid when every head uses
+the pooler output) or ``"all-shared"`` (every encoder parameter: one extra backward through
+the whole encoder per task and step); ``min_weight`` = 0.01, the smallest weight after
+renormalisation (at most 1, as the weights average 1).
+
+Cost: one extra backward per task from its loss down to W per step (for ``"last"``: the head
+and one encoder layer). Needs a batch of every task per step (``sampler.step =
+"all-tasks"``); a step that lacks a task uses the current weights without a balancing update.
+Logged: the weights (``weight/<task>``) and, under ``combiner/``, ``gradnorm_loss``,
 ``grad_norm/<task>`` (``G_i``) and ``rate/<task>`` (``r_i``).
 """
 

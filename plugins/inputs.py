@@ -39,7 +39,11 @@ def sequence_inputs(inputs: dict[str, torch.Tensor], suffix: str = "") -> dict[s
 
 def run_encoder(encoder: Any, inputs: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None):
     """The encoder on one sequence's inputs; ``inputs_embeds`` replaces the word-embedding lookup."""
-    return encoder(**inputs, inputs_embeds=inputs_embeds)
+    if inputs_embeds is None:
+        return encoder(**inputs)
+    return encoder(
+        attention_mask=inputs["attention_mask"], token_type_ids=inputs["token_type_ids"], inputs_embeds=inputs_embeds
+    )
 
 
 @attrs.define

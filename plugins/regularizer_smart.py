@@ -53,7 +53,6 @@ forward pass; when on, theta~ starts at the parameters before the first update a
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Literal, Sequence
 
 import attrs
@@ -162,22 +161,20 @@ class SmartState:
         self.last_perturbation: tuple[torch.Tensor, ...] | None = None
         self.ema: dict[str, torch.Tensor] | None = None
         self.updates = 0
-        self._sentinel: torch.nn.Parameter | None = None
-        self._hook: Any = None
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
     # ----------------------------------------------------------------- contract
     def setup(self, model: Any) -> None:
         self.model = model
-        if self.options.bregman_weight > 0:
-            self._install_step_hook()
 
     def penalty(self, context: Any) -> torch.Tensor | None:
         opts = self.options
         if opts.tasks is not None and context.task not in opts.tasks:
             return None
         if opts.weight == 0 and opts.bregman_weight == 0:
+            return None
+        if context.task not in context.model.heads:  # e.g. a stage without task heads
             return None
         kind = context.model.heads[context.task].label_kind
         total: torch.Tensor | None = None
@@ -272,12 +269,9 @@ class SmartState:
         if self.ema is None:  # theta~_1 = the parameters before the first update
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
             self.ema = {n: p.detach().clone() for n, p in named}
-            self._sentinel = named[0][1] if named else None
-            if self._hook is None:
-                self._install_step_hook()
 
     def after_step(self) -> None:
-        """theta~ <- beta theta~ + (1 - beta) theta, once per optimizer step."""
+        """theta~ <- beta theta~ + (1 - beta) theta; the trainer calls it after every optimizer step."""
         if self.ema is None or self.model is None:
             return
         opts = self.options
@@ -288,42 +282,6 @@ class SmartState:
                 average.lerp_(params[name].detach().to(average.dtype), 1.0 - beta)
         self.updates += 1
 
-    def _install_step_hook(self) -> None:
-        """Call :meth:`after_step` after every step of an optimizer that trains this model.
-
-        The regularizer contract has no after-step call, so this uses torch's global
-        optimizer post-step hook; it removes itself once this object is gone.
-        """
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        ref = weakref.ref(self)
-        handle: list[Any] = []
-
-        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            state = ref()
-            if state is None:
-                handle[0].remove()
-                return
-            sentinel = state._sentinel
-            if sentinel is None or state.ema is None:
-                return
-            if any(p is sentinel for group in optimizer.param_groups for p in group["params"]):
-                state.after_step()
-
-        handle.append(register_optimizer_step_post_hook(hook))
-        self._hook = handle[0]
-
-    def close(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def state_dict(self) -> dict[str, Any]:
         return {"ema": None if self.ema is None else dict(self.ema), "updates": self.updates}
 
@@ -333,7 +291,6 @@ class SmartState:
         if ema is not None and self.model is not None:
             params = dict(self.model.named_parameters())
             self.ema = {n: t.to(device=params[n].device, dtype=params[n].dtype).clone() for n, t in ema.items()}
-            self._sentinel = next((params[n] for n in self.ema), None)
 
     # ----------------------------------------------------------------- logging
     def _record(self, key: str, value: torch.Tensor) -> None:

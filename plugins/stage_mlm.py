@@ -550,8 +550,8 @@ class MaskedLMTrainer:
         self.epoch += 1
         self.plan = None
         self.position = 0
-        if self.epoch < self.options.epochs and self.step < self.total_steps:
-            run.save_last(self)
+        if self.epoch < self.options.epochs and self.step < self.total_steps and not run.stop_requested:
+            run.save_last(self)  # (a requested stop saves in the loop, then raises)
 
     def _finish(self) -> dict[str, float]:
         """Discard the MLM head (the encoder keeps what it learnt) and record the stage as done."""

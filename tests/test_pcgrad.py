@@ -150,6 +150,7 @@ def test_zero_gradient_task_gives_no_nan_and_is_skipped():
     out, state = surgery([[0.0, 0.0], [1.0, 2.0]])
     assert torch.equal(out, torch.tensor([1.0, 2.0]))
     assert state.logs()["conflict_rate"] == 0.0
+    assert all(math.isfinite(v) for v in state.logs().values())
     out, _ = surgery([[0.0, 0.0], [0.0, 0.0]])
     assert torch.equal(out, torch.zeros(2))
     # A zero task among conflicting ones changes nothing for the others (and needs no eps).
@@ -157,6 +158,8 @@ def test_zero_gradient_task_gives_no_nan_and_is_skipped():
     assert torch.isfinite(out).all()
     assert torch.allclose(out, torch.tensor([0.5, 1.5, 0.0]), atol=1e-7)
     assert state.logs()["conflict_rate"] == 1.0  # one pair of non-zero tasks, conflicting
+    assert state.logs()["projected"] == 1.0  # both visits were between the non-zero tasks
+    assert all(math.isfinite(v) for v in state.logs().values())
     out, _ = surgery([[0.0, 0.0], [1.0, 2.0]], reduction="mean")
     assert torch.equal(out, torch.tensor([0.5, 1.0]))  # the mean still counts every task of the step
 

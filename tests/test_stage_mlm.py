@@ -24,6 +24,15 @@ from mtbert_plugins.stage_mlm import (
 MINE = [("stage-mlm", stage_mlm), ("head-pair-classifier", head_pair_classifier)]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU is shared: one intra-op thread is several times faster here than two fighting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------- masking
 def batch_of_ids(rows: int = 1000, width: int = 100, vocab: int = 1000, seed: int = 0):
     """Token ids with [CLS] (1) first, [SEP] (2) last and padding (0) after, ~100k tokens."""
@@ -244,7 +253,7 @@ def built_run(tmp_path, plugins, table):
 
 def test_stage_lowers_the_mlm_loss_on_real_sst_sentences(tmp_path, data_dir, minilm_dir, plugins_with):
     plugins = plugins_with()
-    table = sst_table(data_dir, epochs=3, lr=2e-3, batch_size=16, warmup=0.1, dev_sentences=64)
+    table = sst_table(data_dir, epochs=3, lr=5e-3, batch_size=16, warmup=0.1, dev_sentences=64)
     run, lines = built_run(tmp_path, plugins, table)
     options = run.recipe.stages[0].options
     encoder = run.model.encoder
@@ -313,6 +322,15 @@ def test_frozen_encoder_is_refused(tmp_path, data_dir, minilm_dir, plugins_with)
     run, _ = built_run(tmp_path, plugins_with(), table)
     with pytest.raises(MtbertError, match="frozen"):
         MaskedLMTrainer(run.recipe.stages[0].options, run, 0, "mlm")
+
+
+def test_a_finished_stage_is_not_run_again_on_resume():
+    said: list[str] = []
+    run = SimpleNamespace(recipe=SimpleNamespace(stages=[1, 2]), say=said.append,
+                          resume_state={"trainer": {"stage_index": 0, "stage": "mlm", "done": True,
+                                                    "summary": {"mlm_loss": 3.5}}})
+    assert MaskedLM().run(run, 0, "mlm") == {"mlm_loss": 3.5}  # no model, no data: nothing was built
+    assert "finished before the interruption" in said[0]
 
 
 class StopAt:

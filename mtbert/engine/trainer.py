@@ -188,9 +188,10 @@ class MultitaskTrainer:
         if run.regularizers:
             context = PenaltyContext(model=run.model, task=task, batch=batch, predictions=predictions, loss=loss)
             for spec, regularizer in run.regularizers:
-                term = regularizer.penalty(context)
+                with autocast(self.device, self.recipe.train.precision):  # extra forwards as the main one
+                    term = regularizer.penalty(context)
                 if term is not None:
-                    loss = loss + term
+                    loss = loss + term.float()
                     logs[f"{spec.name}/{task}"] = float(term.detach())
         return loss, logs
 
@@ -245,9 +246,11 @@ class MultitaskTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.combiner.after_step()
-        for _, regularizer in self.run.regularizers:
+        for spec, regularizer in self.run.regularizers:
             if hasattr(regularizer, "after_step"):
                 regularizer.after_step()
+            if hasattr(regularizer, "logs"):
+                logs.update({f"{spec.name}/{key}": value for key, value in regularizer.logs().items()})
         self.optimizer.zero_grad(set_to_none=True)
         if self.grads is not None:
             self.grads.rebind()
