@@ -20,12 +20,13 @@ from mtbert.schema import option
 BUILTIN_COMPONENTS = {
     "task": {"sst", "para", "sts", "cfimdb"},
     "checkpoint": {"minilm-l6", "random:tiny"},
-    "input_format": {"single", "separate-pair"},
-    "head": {"linear"},
-    "sampler": {"round-robin"},
-    "loss_combiner": {"sum"},
-    "gradient_transform": {"clip-norm"},
-    "stage": {"multitask"},
+    "input_format": {"single", "separate-pair", "concat-pair"},
+    "head": {"linear", "mlp", "cosine", "pair-classifier"},
+    "sampler": {"round-robin", "in-turn", "upsample", "loop", "random-subset", "proportional", "temperature"},
+    "loss_combiner": {"sum", "mean", "weights", "uncertainty", "gradnorm"},
+    "gradient_transform": {"clip-norm", "pcgrad"},
+    "regularizer": {"smart", "mixout", "norm-penalty"},
+    "stage": {"multitask", "mlm"},
 }
 
 
@@ -76,7 +77,7 @@ def test_select_and_disable_plugins(monkeypatch):
     monkeypatch.setenv("MTBERT_DISABLE_PLUGINS", "head-linear")
     plugins = load_plugins()
     assert "head-linear" not in [p.name for p in plugins.plugins]
-    assert plugins.registry.names("head") == []
+    assert "linear" not in plugins.registry.names("head") and "mlp" in plugins.registry.names("head")
     monkeypatch.setenv("MTBERT_PLUGINS", "")
     assert load_plugins().plugins == []
 

@@ -56,7 +56,9 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int):
     return factor
 
 
-def build_optimizer(model: Any, optim: Any, extra_params: list[torch.nn.Parameter], device: torch.device):
+def build_optimizer(
+    model: Any, optim: Any, extra_params: list[torch.nn.Parameter], device: torch.device, extra_lr: float | None = None
+):
     """AdamW with no weight decay on biases and LayerNorm weights; heads may have their own lr."""
     groups = []
 
@@ -71,7 +73,8 @@ def build_optimizer(model: Any, optim: Any, extra_params: list[torch.nn.Paramete
     split(list(model.encoder.named_parameters()), optim.lr, "encoder")
     split(list(model.heads.named_parameters()), optim.head_lr or optim.lr, "heads")
     if extra_params:
-        groups.append({"params": extra_params, "lr": optim.head_lr or optim.lr, "weight_decay": 0.0, "name": "combiner"})
+        groups.append({"params": extra_params, "lr": extra_lr or optim.head_lr or optim.lr, "weight_decay": 0.0,
+                       "name": "combiner"})
     kwargs = {"betas": tuple(optim.betas), "eps": optim.eps}
     if use_fused_adamw(device):
         try:
@@ -114,7 +117,8 @@ class MultitaskTrainer:
         self.transforms = [(spec, spec.options.build(shared)) for spec in recipe.gradient_transforms]
         self.per_task = any(getattr(t, "needs", "summed") == "per-task" for _, t in self.transforms)
         combiner_params = list(getattr(self.combiner, "parameters", lambda: [])())
-        self.optimizer = build_optimizer(run.model, recipe.optim, combiner_params, self.device)
+        self.optimizer = build_optimizer(run.model, recipe.optim, combiner_params, self.device,
+                                         extra_lr=getattr(self.combiner, "lr", None))
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
 
         self.accumulation = recipe.optim.grad_accumulation
