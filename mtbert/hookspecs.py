@@ -130,8 +130,15 @@ def mtbert_on_step_end(run: Any, step: int, logs: dict[str, float]) -> None:
 
 
 @hookspec
-def mtbert_on_evaluate(run: Any, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
-    """Dev metrics were computed after an epoch (keys as in DESIGN.md: ``sst_acc`` ...)."""
+def mtbert_on_evaluate(
+    run: Any, stage: str, epoch: int, step: int, metrics: dict[str, float], predictions: dict[str, dict[str, list]]
+) -> None:
+    """Dev metrics were computed after an epoch (keys as in DESIGN.md: ``sst_acc`` ...).
+
+    ``predictions`` maps each task to ``{"ids": [...], "predictions": [...], "labels": [...]}``
+    in file order (what a confusion matrix or an error analysis needs). An implementation may
+    accept only the arguments it uses.
+    """
 
 
 @hookspec

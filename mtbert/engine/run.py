@@ -126,6 +126,7 @@ class RunContext:
         self.regularizers: list[tuple[Any, Any]] = []
         self.backbone = None
         self.data_files: dict[str, dict[str, str]] = {}
+        self.last_predictions: dict[str, dict[str, list]] = {}
 
     @property
     def hook(self) -> Any:
@@ -212,10 +213,15 @@ class RunContext:
             self.log.scalars("train", values, self.global_step)
 
     def evaluate_dev(self, stage: str, epoch: int, train_seconds: float) -> dict[str, float]:
+        """Dev metrics of every task (and ``mean``); the predictions are kept for event hooks."""
         recipe = self.recipe
         start = time.perf_counter()
-        metrics, _ = evaluate(self.model, self.tasks, "dev", device=self.device, precision=recipe.train.precision,
-                              batch_size=recipe.data.eval_batch_size)
+        metrics, outputs = evaluate(self.model, self.tasks, "dev", device=self.device,
+                                    precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size)
+        self.last_predictions = {
+            name: {"ids": ids, "predictions": predictions, "labels": list(self.tasks[name].splits["dev"].encoded.labels)}
+            for name, (ids, predictions) in outputs.items()
+        }
         eval_seconds = time.perf_counter() - start
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == "mean" or k.endswith(("_acc", "_pearson")))
         self.say(f"[{stage} epoch {epoch + 1}] dev {shown}  (train {train_seconds:.0f}s, eval {eval_seconds:.0f}s)")
@@ -230,7 +236,7 @@ class RunContext:
         self.log.evaluation(record)
         self.log.scalars("dev", metrics, self.global_step)
         self.hook.mtbert_on_evaluate(run=self, stage=trainer.stage_name, epoch=trainer.epoch + 1,
-                                     step=self.global_step, metrics=metrics)
+                                     step=self.global_step, metrics=metrics, predictions=self.last_predictions)
         self.last = {"stage": trainer.stage_name, "epoch": trainer.epoch + 1, "step": self.global_step, "dev": metrics}
         select = self.recipe.train.select
         improved = False
