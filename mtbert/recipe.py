@@ -50,6 +50,10 @@ class DataSection:
     eval_batch_size: int = option(128, help="batch size for dev/test evaluation", min=1)
     slice_seed: int = option(0, help="seed of the random rows that tasks.<name>.*_limit keep (fixed, so runs with different seeds see the same slice)", min=0)
     bucket: bool = option(True, help="batch examples of similar length together (less padding), shuffling batch order")
+    padding: Literal["dynamic", "max_length"] = option(
+        "dynamic", help="dynamic: pad each batch to its longest sequence; max_length: pad every batch to data.max_length (slower; for comparison)"
+    )
+    cache: bool = option(True, help="keep tokenized splits in .mtbert-cache/ (or $MTBERT_CACHE_DIR), keyed by file hash, slice, tokenizer and input format")
 
 
 @attrs.define
@@ -171,6 +175,7 @@ class Recipe:
 TOP_LEVEL = {
     "name", "seed", "description", "include", "requires", "model", "data", "tasks", "sampler",
     "loss_combiner", "gradient_transforms", "regularizers", "stages", "optim", "train",
+    "sweep",  # ranges and grids for ``mtbert sweep`` (mtbert.sweep); checked here, ignored by a run
 }
 
 
@@ -358,6 +363,16 @@ def _component_list(kind: str, value: Any, path: str, plugins: Plugins, problems
     return out
 
 
+def _accepts_pad_to(input_format: Any) -> bool:
+    """Whether an input format's ``collate`` takes ``pad_to`` (needed by data.padding = "max_length")."""
+    import inspect
+
+    try:
+        return "pad_to" in inspect.signature(input_format.collate).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Recipe:
     """Turn a merged recipe table into a :class:`Recipe`, or raise every problem at once."""
     problems = Problems()
@@ -485,10 +500,22 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
             if task_name not in raw_tasks:
                 problems.add(f"stages[{i}].tasks", f"task '{task_name}' is not configured under [tasks]{did_you_mean(task_name, raw_tasks)}")
 
+    if data is not None and data.padding == "max_length":
+        for task_name, task_recipe in tasks.items():
+            if not _accepts_pad_to(task_recipe.input.options):
+                problems.add(f"tasks.{task_name}.input", f"'{task_recipe.input.name}' pads batches dynamically only "
+                             "(its collate takes no pad_to); use data.padding = \"dynamic\"")
+
     if train is not None and tasks and train.select != "mean":
         keys = {t.spec.metric_key for t in tasks.values()}
         if train.select not in keys:
             problems.add("train.select", f"{train.select!r} is not a dev metric of this recipe; choose mean or one of {', '.join(sorted(keys))}")
+
+    if "sweep" in table:
+        from mtbert.sweep import check_sweep_table
+
+        for where, message in check_sweep_table(table["sweep"], {t.spec.metric_key for t in tasks.values()} or None):
+            problems.add(where, message)
 
     if problems:
         raise RecipeError([f"{p}: {m}" for p, m in problems.items])

@@ -46,6 +46,12 @@ and one encoder layer). Needs a batch of every task per step (``sampler.step =
 "all-tasks"``); a step that lacks a task uses the current weights without a balancing update.
 Logged: the weights (``weight/<task>``) and, under ``combiner/``, ``gradnorm_loss``,
 ``grad_norm/<task>`` (``G_i``) and ``rate/<task>`` (``r_i``).
+
+Data parallelism (torchrun): the engine hands every process the global batch's loss values
+with this process's share of their gradient, so ``L_i(0)`` and the rates are the same
+everywhere; ``grad_W L_i`` is summed over the processes (one all-reduce per task and step, the
+size of W) before its norm is taken, so ``G_i`` is the global batch's, and the averaged weight
+gradient keeps ``w`` identical on every process.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import torch
 
 from mtbert import hookimpl
 from mtbert.engine.components import Combined
+from mtbert.engine.distributed import reduce_mean, reduce_sum, world_size
 from mtbert.errors import MtbertError
 from mtbert.schema import option
 
@@ -132,7 +139,7 @@ class GradNormCombiner:
     def after_step(self) -> None:
         if self.pending_steps == 0:
             return
-        self.w.grad = self.pending / self.pending_steps
+        self.w.grad = reduce_mean(self.pending / self.pending_steps)  # identical on every process
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -169,6 +176,8 @@ class GradNormCombiner:
                 f"(layer = '{self.options.layer}'); with layer = 'pooler' every head must use pooling = 'pooler', "
                 f"otherwise choose layer = 'last'"
             )
+        if world_size() > 1:  # the global batch's gradient: the sum of every process's share
+            return torch.linalg.vector_norm(reduce_sum(torch.cat([g.reshape(-1) for g in present])))
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
 
     def _balance(self, losses: list[torch.Tensor]) -> dict[str, float]:

@@ -62,11 +62,13 @@ class ConcatPair:
             labels=[e.label for e in examples],
         )
 
-    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
+    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype,
+                pad_to: int | None = None) -> Batch:
         type_ids = encoded.type_ids[0]
         inputs = pad_batch(
             [encoded.sequences[0][i] for i in indices],
             None if type_ids is None else [type_ids[i] for i in indices],
+            pad_to=pad_to,  # data.padding = "max_length"; None pads to the longest pair
         )
         return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype),
                      ids=[encoded.ids[i] for i in indices])

@@ -6,7 +6,9 @@
     Sentence pairs, each sentence encoded on its own (a siamese encoder, as in
     Sentence-BERT); the head receives two feature sets and combines them.
 
-Both tokenize each split once and pad every batch to its longest sequence (dynamic padding).
+Both tokenize each split once and pad every batch to its longest sequence (dynamic padding),
+or to ``pad_to`` tokens when the engine asks for fixed-length batches (``data.padding =
+"max_length"``, kept to measure what dynamic padding saves: benchmarks/test_epoch.py).
 The concatenated-pair format (``[CLS] a [SEP] b [SEP]`` with segment ids) is its own plugin.
 """
 
@@ -61,8 +63,9 @@ class SingleSentence:
             ids=[e.id for e in examples], sequences=[ids], type_ids=[None], labels=[e.label for e in examples]
         )
 
-    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
-        inputs = pad_batch([encoded.sequences[0][i] for i in indices])
+    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype,
+                pad_to: int | None = None) -> Batch:
+        inputs = pad_batch([encoded.sequences[0][i] for i in indices], pad_to=pad_to)
         return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
 
     def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
@@ -90,9 +93,10 @@ class SeparatePair:
             labels=[e.label for e in examples],
         )
 
-    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
-        a = pad_batch([encoded.sequences[0][i] for i in indices])
-        b = pad_batch([encoded.sequences[1][i] for i in indices])
+    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype,
+                pad_to: int | None = None) -> Batch:
+        a = pad_batch([encoded.sequences[0][i] for i in indices], pad_to=pad_to)
+        b = pad_batch([encoded.sequences[1][i] for i in indices], pad_to=pad_to)
         inputs = {**{f"{k}_1": v for k, v in a.items()}, **{f"{k}_2": v for k, v in b.items()}}
         return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
 

@@ -95,15 +95,23 @@ def test_run_folder_holds_everything_promised(tmp_path, data_dir, minilm_dir, pl
     best = json.loads((folder / "metrics.json").read_text())["best"]
     assert best == summary["best"] and best["dev"]["mean"] == max(line["metrics"]["mean"] for line in lines)
 
-    # Above chance after 12 optimizer steps per epoch on 96 rows per task: SST 5 classes (0.2),
-    # Para's majority class (0.63 on the full dev set), STS r 0.
-    print("small quickstart dev:", best["dev"])
-    assert best["dev"]["sts_pearson"] > 0.3
-    assert best["dev"]["sst_acc"] > 0.2
-    assert best["dev"]["para_acc"] > 0.6
-
     resolved = tomllib.loads((folder / "recipe.toml").read_text())
     assert resolved["tasks"]["sst"]["train_limit"] == 96 and resolved["optim"]["epochs"] == 2
+
+
+def test_quickstart_learns_above_chance(tmp_path, data_dir, minilm_dir, plugins_with):
+    """The quickstart recipe, cut to 320 training rows per task and one epoch (60 steps)."""
+    plugins = plugins_with()
+    overrides = [f"data.dir={json.dumps(str(data_dir))}", "train.progress=false", "train.predict=false",
+                 "optim.epochs=1", *(f"tasks.{t}.train_limit=320" for t in ("sst", "para", "sts")),
+                 *(f"tasks.{t}.dev_limit=300" for t in ("sst", "para", "sts"))]
+    recipe = load_recipe(REPO / "recipes" / "quickstart.toml", overrides, plugins)
+    _, summary = run_recipe(recipe, plugins, out=tmp_path / "run", say=quiet, warn=quiet)
+    dev = summary["best"]["dev"]
+    # Chance: SST 0.2 (5 classes), Para 0.63 (the majority class of quora-dev), STS r 0.
+    assert dev["sst_acc"] > 0.25, dev
+    assert dev["para_acc"] > 0.66, dev
+    assert dev["sts_pearson"] > 0.5, dev
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, data_dir, minilm_dir, plugins_with):

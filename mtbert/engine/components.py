@@ -96,8 +96,11 @@ class InputFormat(Protocol):
     def encode_examples(self, tokenizer: Any, examples: Sequence[Any], max_length: int) -> EncodedExamples:
         """Tokenize every example once (cached by the engine)."""
 
-    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype) -> Batch:
-        """Pad the chosen examples to the longest among them (dynamic padding)."""
+    def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype,
+                pad_to: int | None = None) -> Batch:
+        """Pad the chosen examples to the longest among them (dynamic padding), or to at least
+        ``pad_to`` tokens when given (``data.padding = "max_length"``; a format without this
+        keyword supports dynamic padding only, and the recipe validator says so)."""
 
     def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
         """Per encoded sequence, its ``input_ids``, ``attention_mask`` and ``token_type_ids``."""
@@ -167,6 +170,9 @@ class LossCombinerState(Protocol):
 
     def after_step(self) -> None:
         """Called after each optimizer step (GradNorm renormalises its weights here)."""
+
+    def end_epoch(self) -> None:
+        """Optional: called at the end of every training epoch, before evaluation (DWA)."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

@@ -4,6 +4,8 @@
 reshuffles with the stream's own generator; with bucketing, examples of similar length are
 batched together (less padding) and the batch order is shuffled. Its full state (generator,
 planned batches, position) goes into checkpoints so a resumed run sees the same batches.
+Under data parallelism (torchrun) every process plans the same global batches and serves its
+own shard of each (:func:`mtbert.engine.distributed.shard`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, Callable
 import attrs
 import torch
 
+from mtbert.engine.cache import encode_cached
 from mtbert.engine.components import Batch, EncodedExamples
+from mtbert.engine.distributed import shard
 from mtbert.engine.seeding import derive_seed
 from mtbert.errors import DataError
 
@@ -45,9 +49,14 @@ class TaskData:
     input_format: Any
     input_format_name: str
     splits: dict[str, SplitData] = attrs.field(factory=dict)
+    #: Pad every batch to this many tokens (``data.padding = "max_length"``); None: dynamic padding.
+    pad_to: int | None = None
 
     def collate(self, split: str, indices: list[int]) -> Batch:
-        return self.input_format.collate(self.splits[split].encoded, indices, self.name, label_dtype(self.spec))
+        encoded, dtype = self.splits[split].encoded, label_dtype(self.spec)
+        if self.pad_to is not None:
+            return self.input_format.collate(encoded, indices, self.name, dtype, pad_to=self.pad_to)
+        return self.input_format.collate(encoded, indices, self.name, dtype)
 
 
 def resolve_file(data_dir: Path, task_name: str, section: Any, spec: Any, split: str) -> tuple[Path | None, str]:
@@ -81,16 +90,22 @@ def sample_rows(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
 
 def load_split(
     task: TaskData, split: str, path: Path, key: str, *, tokenizer: Any, max_length: int,
-    strict: bool, limit: int | None, warn: Callable[[str], None], slice_seed: int = 0,
+    strict: bool, limit: int | None, warn: Callable[[str], None], slice_seed: int = 0, cache: bool = False,
 ) -> SplitData:
-    """Read, slice and tokenize one split of a task (see :func:`sample_rows` for ``limit``)."""
+    """Read, slice and tokenize one split of a task (see :func:`sample_rows` for ``limit``).
+
+    With ``cache`` the tokenized split comes from (or goes to) the pre-tokenized dataset cache
+    (:mod:`mtbert.engine.cache`, ``data.cache``).
+    """
     if not path.is_file():
         raise DataError(f"data file for {key} ({task.name} {split}) not found: {path}")
     result = task.spec.read(path, split, strict=strict, warn=warn, key=key)
     if not result.examples:
         raise DataError(f"{path}: no usable rows for task {task.name} ({split})")
-    examples = sample_rows(result.examples, limit, derive_seed(slice_seed, task.name, split))
-    encoded = task.input_format.encode_examples(tokenizer, examples, max_length)
+    seed = derive_seed(slice_seed, task.name, split)
+    examples = sample_rows(result.examples, limit, seed)
+    encoded = encode_cached(task, split, path, examples, tokenizer=tokenizer, max_length=max_length, limit=limit,
+                            slice_seed=seed, strict=strict, warn=warn, enabled=cache)
     data = SplitData(path=path, examples=examples, encoded=encoded,
                      skipped=len(result.skipped), total_rows=result.total_rows)
     task.splits[split] = data
@@ -98,13 +113,19 @@ def load_split(
 
 
 class TaskStream:
-    """Endless shuffled (optionally length-bucketed) batches of one task's training split."""
+    """Endless shuffled (optionally length-bucketed) batches of one task's training split.
 
-    def __init__(self, task: TaskData, batch_size: int, seed: int, bucket: bool):
+    ``batch_size`` is the global batch; with ``world`` > 1 processes each serves the
+    ``rank``-th shard of every global batch (same seed everywhere, so the same global batches).
+    """
+
+    def __init__(self, task: TaskData, batch_size: int, seed: int, bucket: bool, rank: int = 0, world: int = 1):
         self.task = task
         self.encoded = task.splits["train"].encoded
         self.batch_size = batch_size
         self.bucket = bucket
+        self.rank = rank
+        self.world = world
         self.generator = torch.Generator()
         self.generator.manual_seed(seed)
         self.lengths = self.encoded.lengths()
@@ -135,11 +156,15 @@ class TaskStream:
         self.passes += 1
 
     def next_batch(self) -> Batch:
+        return self.next_shard()[0]
+
+    def next_shard(self) -> tuple[Batch, float]:
+        """This process's part of the next global batch and its share of the batch's examples."""
         if self.position >= len(self.batches):
             self._plan_pass()
-        indices = self.batches[self.position]
+        indices, share = shard(self.batches[self.position], self.rank, self.world)
         self.position += 1
-        return self.task.collate("train", indices)
+        return self.task.collate("train", indices), share
 
     def state_dict(self) -> dict[str, Any]:
         flat = [i for batch in self.batches for i in batch]

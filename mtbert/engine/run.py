@@ -6,6 +6,12 @@ hashes, times, status), ``metrics.jsonl`` (one line per evaluation), ``metrics.j
 and last), ``tb/`` (TensorBoard), ``checkpoints/`` (``best.safetensors`` and ``last/`` for
 ``--resume``, plus the encoder's config and vocabulary so the run is self-contained) and
 ``predictions/`` (dev and test predictions of the best checkpoint, CS224N format).
+
+Under ``torchrun`` (:mod:`mtbert.engine.distributed`) every process builds the same model and
+trains on its shard of every batch; rank 0 alone chooses and writes the run folder, evaluates,
+saves checkpoints and predictions, logs, prints and calls the plugins' event hooks. run.json's
+``distributed`` records the world size, the backend and, at the end, a hash of every process's
+weights (they must be identical).
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from mtbert.engine.checkpoint import (
 )
 from mtbert.engine.data import TaskData, load_split, resolve_file
 from mtbert.engine.device import choose_device
+from mtbert.engine.distributed import Distributed, NoHooks, check_batch_sizes, from_environment, resolve_device
 from mtbert.engine.evaluate import evaluate
 from mtbert.engine.model import MultitaskModel
+from mtbert.engine.seeding import derive_seed
 from mtbert.errors import CheckpointError, MtbertError, RecipeError
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
@@ -106,13 +114,18 @@ class RunContext:
     """Everything a stage or a plugin needs while a run goes on."""
 
     def __init__(self, recipe: Recipe, plugins: Plugins, folder: Path, *, say: Callable[[str], None] = print,
-                 warn: Callable[[str], None] | None = None, resume_state: dict[str, Any] | None = None):
+                 warn: Callable[[str], None] | None = None, resume_state: dict[str, Any] | None = None,
+                 distributed: Distributed | None = None):
         self.recipe = recipe
         self.plugins = plugins
         self.folder = folder
-        self.say = say
-        self.warn = warn or (lambda message: print(message, file=sys.stderr))
+        self.distributed = distributed or Distributed()
+        main = self.distributed.is_main
+        self.say = say if main else _quiet
+        self.warn = (warn or (lambda message: print(message, file=sys.stderr))) if main else _quiet
         self.device = choose_device(recipe.train.device)
+        if self.distributed.enabled:
+            self.device = resolve_device(self.device, self.distributed.local_rank)
         self.resume_state = resume_state
         self.global_step = 0
         self.best: dict[str, Any] | None = None
@@ -127,10 +140,12 @@ class RunContext:
         self.backbone = None
         self.data_files: dict[str, dict[str, str]] = {}
         self.last_predictions: dict[str, dict[str, list]] = {}
+        self.distributed_info: dict[str, Any] = {}  # what run.json adds about the processes
 
     @property
     def hook(self) -> Any:
-        return self.plugins.hook
+        """The plugins' event hooks; rank 0 alone calls them under data parallelism."""
+        return self.plugins.hook if self.distributed.is_main else NoHooks()
 
     @property
     def checkpoints(self) -> Path:
@@ -170,7 +185,8 @@ class RunContext:
         self.model.to(self.device)
         if recipe.train.compile:
             self.model.encoder.compile()
-        self.save_encoder_files()
+        if self.distributed.is_main:
+            self.save_encoder_files()
 
     def load_data(self, tokenizer: Any, splits: tuple[str, ...]) -> None:
         recipe = self.recipe
@@ -179,6 +195,7 @@ class RunContext:
             task = self.tasks.get(name) or TaskData(
                 name=name, spec=task_recipe.spec, input_format=task_recipe.input.options,
                 input_format_name=task_recipe.input.name,
+                pad_to=recipe.data.max_length if recipe.data.padding == "max_length" else None,
             )
             self.tasks[name] = task
             for split in splits:
@@ -192,7 +209,7 @@ class RunContext:
                 data = load_split(task, split, path, key if key != "data.dir" else f"data.dir ({name} {split})",
                                   tokenizer=tokenizer, max_length=recipe.data.max_length,
                                   strict=recipe.data.strict, limit=limit, warn=self.warn,
-                                 slice_seed=recipe.data.slice_seed)
+                                 slice_seed=recipe.data.slice_seed, cache=recipe.data.cache)
                 self.data_files.setdefault(name, {})[split] = str(path.resolve())
                 self.data_files[name][f"{split}_sha1"] = sha1_file(path)
                 self.data_files[name][f"{split}_rows"] = str(len(data.examples))
@@ -251,19 +268,51 @@ class RunContext:
         self.write_summary()
         return improved
 
+    def evaluate_epoch(self, trainer: Any, train_seconds: float) -> tuple[dict[str, float], bool]:
+        """Evaluate on dev and record it (rank 0); every process gets the metrics and whether they improved."""
+        def on_main() -> tuple[dict[str, float], bool, Any, Any]:
+            metrics = self.evaluate_dev(trainer.stage_name, trainer.epoch, train_seconds)
+            improved = self.record_evaluation(trainer, metrics)
+            return metrics, improved, self.best, self.last
+
+        metrics, improved, self.best, self.last = self.distributed.on_main(on_main)
+        return metrics, improved
+
     def write_summary(self) -> None:
         atomic_write_json(self.folder / "metrics.json", {"best": self.best, "last": self.last})
 
     def save_last(self, trainer: Any) -> None:
+        """Write ``checkpoints/last`` (rank 0; every process calls it, the others wait until it is written)."""
+        trainer_state = trainer.state_dict()  # a collective under data parallelism
+        if not self.distributed.is_main:
+            self.distributed.barrier()
+            return
         state = {
             "version": RUN_STATE_VERSION,
             "global_step": self.global_step,
             "best": self.best,
             "last": self.last,
-            "trainer": trainer.state_dict(),
+            "trainer": trainer_state,
             "regularizers": [r.state_dict() if hasattr(r, "state_dict") else {} for _, r in self.regularizers],
         }
-        save_training_state(self.checkpoints / "last", self.model.state_dict(), state)
+        try:
+            save_training_state(self.checkpoints / "last", self.model.state_dict(), state)
+        finally:
+            self.distributed.barrier()
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def weights_sha1(model: torch.nn.Module) -> str:
+    """A hash of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def build_model(recipe: Recipe, encoder: Any, tasks: dict[str, TaskData]) -> MultitaskModel:
@@ -305,6 +354,7 @@ def _run_json(run: RunContext, status: str, started: str, extra: dict[str, Any])
         },
         "data": run.data_files,
         "checkpoint": run.recipe.model.checkpoint,
+        "distributed": {**run.distributed.record(), **run.distributed_info},
     }
     info.update(extra)
     return info
@@ -316,6 +366,7 @@ class _StopOnSignal:
     def __init__(self, run: RunContext):
         self.run = run
         self.previous = None
+        self.first = 0.0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -325,9 +376,16 @@ class _StopOnSignal:
 
     def handle(self, signum, frame):
         if self.run.stop_requested:
+            # Under torchrun a Ctrl-C reaches a worker twice (from the terminal and forwarded by
+            # torchrun's agent): only a second Ctrl-C that comes later aborts.
+            if self.run.distributed.enabled and time.monotonic() - self.first < 3.0:
+                return
             raise KeyboardInterrupt
+        self.first = time.monotonic()
         self.run.request_stop("interrupted (Ctrl-C)")
-        print("\ninterrupt: finishing this step and saving state (Ctrl-C again to abort without saving)", file=sys.stderr)
+        if self.run.distributed.is_main:
+            print("\ninterrupt: finishing this step and saving state (Ctrl-C again to abort without saving)",
+                  file=sys.stderr)
 
     def __exit__(self, *exc):
         if self.previous is not None:
@@ -343,7 +401,7 @@ def _check_resume(folder: Path, recipe: Recipe) -> None:
 
     old = tomllib.loads(saved.read_text(encoding="utf-8"))
     new = recipe.to_dict()
-    ignore = {"train.progress", "train.device", "train.threads", "data.dir"}
+    ignore = {"train.progress", "train.device", "train.threads", "data.dir", "data.cache"}
 
     def diff(a: Any, b: Any, path: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -373,31 +431,74 @@ def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:
     return None
 
 
+#: Stages known to train under data parallelism besides those whose options say ``data_parallel = True``.
+DATA_PARALLEL_STAGES = {"mtbert_plugins.stage_multitask.Multitask"}
+
+
+def _check_data_parallel_stages(recipe: Recipe, world: int) -> None:
+    """Under torchrun every stage must know how to share its work between processes."""
+    if world <= 1:
+        return
+    problems = []
+    for i, stage in enumerate(recipe.stages):
+        cls = type(stage.options)
+        if getattr(stage.options, "data_parallel", False) or f"{cls.__module__}.{cls.__qualname__}" in DATA_PARALLEL_STAGES:
+            continue
+        problems.append(f"stages[{i}]: stage '{stage.name}' ({stage.component.provider}) does not support data "
+                        f"parallelism; run this recipe in one process (without torchrun)")
+    if problems:
+        raise RecipeError(problems)
+
+
 def run_recipe(
     recipe: Recipe, plugins: Plugins, *, out: Path | None = None, resume: bool = False,
     say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train a recipe; returns the run folder and the metrics summary."""
+    """Train a recipe; returns the run folder and the metrics summary.
+
+    Started by torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), this process joins
+    the job and trains its share of every batch; it leaves the job at the end.
+    """
+    job, _ = from_environment(choose_device(recipe.train.device))
+    try:
+        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn)
+    finally:
+        job.close()
+
+
+def _run_recipe(
+    recipe: Recipe, plugins: Plugins, job: Distributed, *, out: Path | None, resume: bool,
+    say: Callable[[str], None], warn: Callable[[str], None] | None,
+) -> tuple[Path, dict[str, Any]]:
+    main = job.is_main
+    check_batch_sizes(recipe, job.world_size)
+    _check_data_parallel_stages(recipe, job.world_size)
+
+    def choose_folder() -> Path:  # rank 0 decides; every process gets its answer (or its error)
+        if resume:
+            folder = out or find_resumable(recipe.name)
+            if folder is None:
+                raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
+            _check_resume(folder, recipe)
+        else:
+            folder = out or default_run_folder(recipe.name)
+            if folder.exists() and any(folder.iterdir()):
+                raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    folder = job.on_main(choose_folder)
     resume_state = None
     if resume:
-        folder = out or find_resumable(recipe.name)
-        if folder is None:
-            raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
-        _check_resume(folder, recipe)
         loaded = load_training_state(folder / "checkpoints" / "last")
         if loaded is None:
             raise CheckpointError(f"--resume: {folder} holds no saved training state (checkpoints/last)")
         model_state, resume_state = loaded
         resume_state["model"] = model_state
-    else:
-        folder = out or default_run_folder(recipe.name)
-        if folder.exists() and any(folder.iterdir()):
-            raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
-    folder.mkdir(parents=True, exist_ok=True)
 
-    run = RunContext(recipe, plugins, folder, say=say, warn=warn, resume_state=resume_state)
+    run = RunContext(recipe, plugins, folder, say=say, warn=warn, resume_state=resume_state, distributed=job)
     previous_info: dict[str, Any] = {}
-    if resume and (folder / "run.json").is_file():
+    if resume and main and (folder / "run.json").is_file():
         try:
             previous_info = json.loads((folder / "run.json").read_text())
         except ValueError:
@@ -412,17 +513,20 @@ def run_recipe(
         run.global_step = int(resume_state["global_step"])
         run.best = resume_state["best"]
         run.last = resume_state["last"]
-        say(f"resuming {folder} at step {run.global_step}")
-    else:
+        run.say(f"resuming {folder} at step {run.global_step}")
+    elif main:
         atomic_write_text(folder / "recipe.toml", recipe.to_toml())
+    if job.world_size > 1:
+        job.broadcast_module_(run.model)  # identical weights everywhere from the start, as DDP does
+        torch.manual_seed(derive_seed(recipe.seed, "dropout", job.rank))  # distinct dropout per process
     resumes = int(previous_info.get("resumes", -1)) + 1 if resume else 0
-    atomic_write_json(folder / "run.json", _run_json(run, "running", started, {"resumes": resumes}))
-
-    run.log = RunLog(folder, say)
-    if resume_state is None:
-        run.log.text("recipe", "```toml\n" + recipe.to_toml() + "\n```")
-        run.log.text("plugins", "\n".join(f"- {p['name']} {p['version']} ({p['distribution']}): {', '.join(p['components'])}"
-                                          for p in plugins.record()))
+    if main:
+        atomic_write_json(folder / "run.json", _run_json(run, "running", started, {"resumes": resumes}))
+        run.log = RunLog(folder, say)
+        if resume_state is None:
+            run.log.text("recipe", "```toml\n" + recipe.to_toml() + "\n```")
+            run.log.text("plugins", "\n".join(f"- {p['name']} {p['version']} ({p['distribution']}): {', '.join(p['components'])}"
+                                              for p in plugins.record()))
     t0 = time.perf_counter()
     status = "failed"
     try:
@@ -434,7 +538,13 @@ def run_recipe(
                     continue
                 stage.options.run(run, index, stage.name)
         status = "finished"
-        if recipe.train.predict and run.best is not None:
+        if job.world_size > 1:
+            hashes = job.gather_object(weights_sha1(run.model))
+            run.distributed_info = {"weights_sha1": hashes, "weights_identical": len(set(hashes)) == 1}
+            if len(set(hashes)) != 1:
+                run.warn("the processes ended with different weights (see distributed.weights_sha1 in run.json); "
+                         "this is a bug in a component's data-parallel support")
+        if main and recipe.train.predict and run.best is not None:
             write_predictions(run)
     except MtbertError as exc:
         from mtbert.engine.trainer import RunInterrupted
@@ -448,10 +558,11 @@ def run_recipe(
         elapsed = time.perf_counter() - t0
         previous_seconds = float(previous_info.get("train_seconds", 0.0)) if resume else 0.0
         summary = {"best": run.best, "last": run.last}
-        run.write_summary()
-        atomic_write_json(folder / "run.json", _run_json(run, status, started, {
-            "finished": _now(), "train_seconds": previous_seconds + elapsed, "resumes": resumes,
-        }))
+        if main:
+            run.write_summary()
+            atomic_write_json(folder / "run.json", _run_json(run, status, started, {
+                "finished": _now(), "train_seconds": previous_seconds + elapsed, "resumes": resumes,
+            }))
         if run.log is not None:
             if status == "finished":
                 run.hook.mtbert_on_run_end(run=run, summary=summary)

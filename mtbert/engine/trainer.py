@@ -11,6 +11,13 @@ loss. When a transform asks for per-task gradients, each task's weighted loss is
 backpropagated on its own (the tasks' graphs are disjoint, so this costs no extra compute)
 and the shared (encoder) gradient is copied into row ``i`` of a ``[tasks, params]`` buffer on
 the device; head gradients accumulate untouched in their ``.grad``.
+
+Under data parallelism (torchrun; :mod:`mtbert.engine.distributed`) every process runs this
+same loop on its shard of each global batch: the step's task losses are made global with one
+all-reduce before the loss combiner sees them, and the gradients are summed across processes
+once per optimizer step, before the gradient transforms (the per-task buffer itself when a
+transform asks for per-task gradients), so transforms and optimizer do identical work
+everywhere. Evaluation and files are rank 0's; early stopping and stop requests are agreed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from mtbert.engine.components import PenaltyContext
 from mtbert.engine.data import TaskStream
 from mtbert.engine.device import autocast, use_fused_adamw
+from mtbert.engine.distributed import Distributed, with_global_value
 from mtbert.engine.gradients import SharedGradients
 from mtbert.engine.progress import Progress
 from mtbert.engine.seeding import derive_seed
@@ -96,6 +104,7 @@ class MultitaskTrainer:
         self.epochs = epochs
         self.select_best = select_best
         self.device = run.device
+        self.dist: Distributed = getattr(run, "distributed", None) or Distributed()
         recipe = self.recipe
         seed = recipe.seed
 
@@ -105,6 +114,8 @@ class MultitaskTrainer:
                 batch_size=recipe.tasks[name].section.batch_size or recipe.optim.batch_size,
                 seed=derive_seed(seed, "stream", stage_index, name),
                 bucket=recipe.data.bucket,
+                rank=self.dist.rank,
+                world=self.dist.world_size,
             )
             for name in task_names
         }
@@ -120,6 +131,13 @@ class MultitaskTrainer:
         self.optimizer = build_optimizer(run.model, recipe.optim, combiner_params, self.device,
                                          extra_lr=getattr(self.combiner, "lr", None))
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # Data parallelism: everything trainable outside the flat shared buffer is summed across
+        # processes as one flat buffer; the combiner's own parameters, whose gradient is the same
+        # on every process (it depends on the global loss values only), are averaged instead.
+        shared_ids = {id(p) for p in shared}
+        combiner_ids = {id(p) for p in combiner_params}
+        self.other_params = [p for p in self.trainable if id(p) not in shared_ids]
+        self.other_scales = [1.0 / self.dist.world_size if id(p) in combiner_ids else 1.0 for p in self.other_params]
 
         self.accumulation = recipe.optim.grad_accumulation
         self.steps_per_epoch = self.sampler.steps_per_epoch()
@@ -144,6 +162,7 @@ class MultitaskTrainer:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """The stage's resumable state; under data parallelism a collective (every process calls it)."""
         return {
             "stage_index": self.stage_index,
             "epoch": self.epoch,
@@ -159,7 +178,15 @@ class MultitaskTrainer:
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rank_rng": self._rank_rng_states(),
         }
+
+    def _rank_rng_states(self) -> list[Any] | None:
+        """Every process's dropout RNG states, by rank (they differ on purpose), or None in one process."""
+        if self.dist.world_size == 1:
+            return None
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return self.dist.gather_object([torch.get_rng_state(), cuda])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
@@ -179,11 +206,22 @@ class MultitaskTrainer:
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.dist.world_size > 1:
+            ranks = state.get("rank_rng")
+            if ranks is not None and len(ranks) == self.dist.world_size:
+                cpu, cuda = ranks[self.dist.rank]
+                torch.set_rng_state(cpu)
+                if cuda is not None and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(cuda, self.device)
+            else:  # saved by a run with another number of processes: fresh, distinct streams
+                torch.manual_seed(derive_seed(self.recipe.seed, "dropout", self.dist.rank, self.run.global_step))
 
     # ----------------------------------------------------------------- one step
-    def _task_loss(self, task: str) -> tuple[torch.Tensor, dict[str, float]]:
+    def _task_loss(self, task: str) -> tuple[torch.Tensor, dict[str, float], float]:
+        """This process's loss on the task's next batch, its logs and its share of the global batch."""
         run = self.run
-        batch = self.streams[task].next_batch().to(self.device)
+        batch, share = self.streams[task].next_shard()
+        batch = batch.to(self.device)
         logs: dict[str, float] = {}
         with autocast(self.device, self.recipe.train.precision):
             predictions = run.model(batch)
@@ -197,7 +235,29 @@ class MultitaskTrainer:
                 if term is not None:
                     loss = loss + term.float()
                     logs[f"{spec.name}/{task}"] = float(term.detach())
-        return loss, logs
+        return loss, logs, share
+
+    def _global_losses(
+        self, losses: dict[str, torch.Tensor], logs: dict[str, dict[str, float]], shares: dict[str, float]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The global batch's losses and logs on every process, from one all-reduce.
+
+        Each process contributes ``share * value``; the returned loss of a task has the global
+        value and, as gradient, this process's share of it:
+        ``L~ = L_global + share * L_local - stopgrad(share * L_local)``. Summing the processes'
+        gradients of any function of the ``L~`` then gives that function's gradient at the
+        global batch (see :mod:`mtbert.engine.distributed`).
+        """
+        tasks = list(losses)
+        keys = [(task, key) for task in tasks for key in logs[task]]
+        local = [losses[t].detach().float() * shares[t] for t in tasks]
+        values = torch.tensor([logs[t][k] * shares[t] for t, k in keys], dtype=torch.float32, device=self.device)
+        reduced = self.dist.all_reduce_(torch.cat([torch.stack(local), values]))
+        out: dict[str, torch.Tensor] = {}
+        for i, task in enumerate(tasks):
+            out[task] = with_global_value(losses[task], shares[task], reduced[i])
+        numbers = reduced[len(tasks):].tolist()
+        return out, {key: numbers[i] for i, (_, key) in enumerate(keys)}
 
     def _backward(self, tasks: tuple[str, ...], combined: Any) -> None:
         scale = 1.0 / self.accumulation
@@ -245,7 +305,45 @@ class MultitaskTrainer:
             self.task_grads.zero_()
         return logs
 
+    def _reduce_gradients(self) -> None:
+        """Sum this optimizer step's gradients over the processes (two flat all-reduces).
+
+        The shared gradients are reduced in their flat buffer, or, on the per-task path, the
+        ``[tasks, params]`` buffer (so PCGrad sees the global per-task gradients). The other
+        trainable parameters (heads, combiner) go through one flat buffer that also carries
+        whether each had a gradient at all: a parameter without one stays without one, as in
+        a single process (AdamW skips it).
+        """
+        dist = self.dist
+        if self.grads is not None:
+            if self.per_task and self.task_grads is not None:
+                dist.all_reduce_(self.task_grads)
+            else:
+                dist.all_reduce_(self.grads.flat())
+        if not self.other_params:
+            return
+        pieces = []
+        for p, scale in zip(self.other_params, self.other_scales):
+            if p.grad is None:
+                pieces.append(torch.zeros(p.numel(), device=self.device))
+            else:
+                pieces.append(p.grad.detach().reshape(-1).float() * scale)
+        present = torch.tensor([0.0 if p.grad is None else 1.0 for p in self.other_params], device=self.device)
+        flat = dist.all_reduce_(torch.cat(pieces + [present]))
+        has_grad = flat[-len(self.other_params):].tolist()
+        offset = 0
+        for p, flag in zip(self.other_params, has_grad):
+            chunk = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if flag > 0:
+                if p.grad is None:
+                    p.grad = chunk.to(p.dtype).clone()
+                else:
+                    p.grad.copy_(chunk)
+
     def _optimizer_step(self, tasks_seen: list[str]) -> dict[str, float]:
+        if self.dist.world_size > 1:
+            self._reduce_gradients()
         logs = self._apply_transforms(tasks_seen) if self.transforms else {}
         self.optimizer.step()
         self.scheduler.step()
@@ -285,7 +383,7 @@ class MultitaskTrainer:
                 self.position = 0
             progress = Progress(
                 len(self.plan), f"{self.stage_name} epoch {self.epoch + 1}/{self.epochs}",
-                enabled=recipe.train.progress, start=self.position,
+                enabled=recipe.train.progress and self.dist.is_main, start=self.position,
             )
             running_loss: float | None = None
             epoch_start = time.perf_counter()
@@ -293,9 +391,13 @@ class MultitaskTrainer:
                 tasks = self.plan[self.position]
                 losses: dict[str, torch.Tensor] = {}
                 step_logs: dict[str, float] = {}
+                task_logs: dict[str, dict[str, float]] = {}
+                shares: dict[str, float] = {}
                 for task in tasks:
-                    losses[task], logs = self._task_loss(task)
-                    step_logs.update(logs)
+                    losses[task], task_logs[task], shares[task] = self._task_loss(task)
+                    step_logs.update(task_logs[task])
+                if self.dist.world_size > 1:
+                    losses, step_logs = self._global_losses(losses, task_logs, shares)
                 combined = self.combiner.combine(losses)
                 self._backward(tasks, combined)
                 for task in tasks:
@@ -328,6 +430,8 @@ class MultitaskTrainer:
                         run.log_train(self._flush_logs(), self.stage_name)
                     if recipe.train.checkpoint_every and run.global_step % recipe.train.checkpoint_every == 0 and not end_of_epoch:
                         run.save_last(self)
+                    if self.dist.any(run.stop_requested, self.device) and not run.stop_requested:
+                        run.request_stop("stop requested by another process")  # every process stops here
                     if run.stop_requested and not end_of_epoch:
                         progress.close()
                         run.save_last(self)
@@ -336,11 +440,12 @@ class MultitaskTrainer:
                     self._accumulate_logs(step_logs)
                     progress.update(1, loss=total)
             progress.close()
+            if hasattr(self.combiner, "end_epoch"):  # per-epoch combiners (DWA) close their epoch here
+                self.combiner.end_epoch()
             if self.log_sums:
                 run.log_train(self._flush_logs(), self.stage_name)
             train_seconds = time.perf_counter() - epoch_start
-            metrics = run.evaluate_dev(self.stage_name, self.epoch, train_seconds)
-            improved = run.record_evaluation(self, metrics)
+            metrics, improved = run.evaluate_epoch(self, train_seconds)  # rank 0's, on every process
             if self.select_best:
                 if improved:
                     self.bad_evals = 0
@@ -355,6 +460,8 @@ class MultitaskTrainer:
                 run.say(f"early stopping: {self.bad_evals} evaluation(s) without improving {recipe.train.select}")
                 self.epoch = self.epochs
             run.save_last(self)
+            if self.dist.any(run.stop_requested, self.device) and not run.stop_requested:
+                run.request_stop("stop requested by another process")
             if run.stop_requested and self.epoch < self.epochs:
                 raise RunInterrupted(run.interrupt_message())
         return last_metrics
