@@ -31,7 +31,7 @@ class LinearHeadModule(TaskHeadModule):
         self.pair = list(options.pair)
         self.dropout = nn.Dropout(options.dropout)
         width = input_width(hidden_size, sequences_of(input_format), self.pair)
-        self.linear = nn.Linear(width, self.out_features)
+        self.linear = self.init_output(nn.Linear(width, self.out_features))
 
     def forward(self, features: Features):
         x = pooled_input(features, self.pooling, self.pair)

@@ -98,6 +98,7 @@ class MLPHeadModule(TaskHeadModule):
         width = input_width(hidden_size, sequences_of(input_format), self.pair)
         self.mlp = build_mlp(width, options.hidden, self.out_features, options.activation, options.dropout,
                              options.negative_slope)
+        self.init_output(self.mlp[-1])
 
     def forward(self, features: Features):
         return self.squeeze_output(self.mlp(pooled_input(features, self.pooling, self.pair)))

@@ -44,6 +44,7 @@ class PairClassifierModule(TaskHeadModule):
         self.pair = list(options.pair)
         self.mlp = build_mlp(hidden_size * len(self.pair), options.hidden, self.out_features, options.activation,
                              options.dropout)
+        self.init_output(self.mlp[-1])
 
     def forward(self, features: Features):
         if features.num_sequences != 2:

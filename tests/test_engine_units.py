@@ -1034,3 +1034,15 @@ def test_build_optimizer_state_resumes_identically_through_training_state(tmp_pa
     assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
     for p, q in zip(model.parameters(), model2.parameters()):
         assert torch.equal(p, q)
+
+
+def test_regression_heads_start_at_the_middle_of_the_label_range():
+    from mtbert_plugins.head_mlp import MLPHead
+    from mtbert_plugins.head_pair_classifier import PairClassifierHead
+
+    for head in (LinearHead().build(8, STS, "separate-pair"), MLPHead(hidden=[4]).build(8, STS, "separate-pair"),
+                 PairClassifierHead().build(8, STS, "separate-pair")):
+        layer = head.linear if hasattr(head, "linear") else head.mlp[-1]
+        assert torch.all(layer.bias == 2.5)
+    sst = LinearHead().build(8, SST, "single")
+    assert not torch.all(sst.linear.bias == 2.5)  # classification heads keep the default init

@@ -97,6 +97,19 @@ class TaskHeadModule(nn.Module):
         low, high = self.label_range
         return predictions.float().clamp(low, high)
 
+    def init_output(self, layer: nn.Linear) -> nn.Linear:
+        """Start a regression head's output layer at the middle of the label range.
+
+        With the usual zero-centred init a fresh STS head predicts ~0 for labels averaging ~2.7,
+        and its first hundred steps go to moving the bias; starting at the midpoint lets the
+        weights learn the similarity from the first step (classification heads are untouched).
+        """
+        if self.label_kind == "regression" and layer.bias is not None:
+            low, high = self.label_range
+            with torch.no_grad():
+                layer.bias.fill_((low + high) / 2)
+        return layer
+
     def squeeze_output(self, out: torch.Tensor) -> torch.Tensor:
         """``[B, 1]`` -> ``[B]`` for binary and regression heads."""
         return out.squeeze(-1) if self.label_kind != "multiclass" else out
