@@ -1,9 +1,9 @@
 """Shared machinery of the benchmark suite: side-by-side timing, ratios, peak memory.
 
 Every comparison is measured *side by side in one run*: each round of pytest-benchmark times
-the candidate, and the untimed ``setup`` of the same round times the reference just before it,
-so both see the same machine load and a ratio holds on a busy machine even when absolute
-times do not. The ratio is ``median(candidate) / median(reference)`` of those paired rounds
+the candidate, and the untimed set-up or teardown of the same round times the reference just
+before or just after it (alternately), so both see the same machine load and a ratio holds on
+a busy machine even when absolute times do not. The ratio is ``median(candidate) / median(reference)`` of those paired rounds
 (a time ratio: below 1 the candidate is faster) and goes into ``benchmark.extra_info`` with
 the reference's name and the target, which ``benchmarks/report.py`` prints.
 
@@ -131,12 +131,18 @@ def measure(
     def run() -> None:
         mine.append(timed(fn, device))
 
+    # The reference runs in the untimed set-up of even rounds and the teardown of odd ones
+    # (reference, benchmark | benchmark, reference | ...), so neither always goes first.
     def setup() -> None:
-        if reference is not None:
+        if reference is not None and len(mine) % 2 == 0:
+            theirs.append(timed(reference, device))
+
+    def teardown() -> None:
+        if reference is not None and len(mine) % 2 == 0:  # odd round: `run` has just appended
             theirs.append(timed(reference, device))
 
     rounds = 1 if disabled else rounds_for(first)
-    benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(run, setup=setup, teardown=teardown, rounds=rounds, iterations=1, warmup_rounds=0)
 
     extra["median_s"] = statistics.median(mine)
     extra["paired_rounds"] = len(mine)

@@ -107,7 +107,7 @@ def report(data: dict[str, Any]) -> tuple[str, list[str]]:
         ]) + " |")
     methods = sorted({b.get("extra_info", {}).get("memory_method") for b in benches} - {None})
     out += ["", "Time ratio = median(benchmark) / median(reference) over the same rounds (each round times the "
-            "reference, then the benchmark); below 1 the benchmark is faster. Peak memory: "
+            "reference just before or just after the benchmark); below 1 the benchmark is faster. Peak memory: "
             + ("; ".join(methods) if methods else "not measured") + "."]
     extras = [(b, b["extra_info"]) for b in benches if "compile_seconds" in b.get("extra_info", {})]
     for bench, extra in extras:

@@ -5,30 +5,20 @@ This is the seeds' baseline. In one-task steps it is simply that task's loss.
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
 
 from mtbert import hookimpl
-from mtbert.engine.components import Combined
+from mtbert.engine.components import Combined, StatelessCombiner
 
 
-class SumCombiner:
+class SumCombiner(StatelessCombiner):
     def __init__(self, task_names: list[str]):
         self.task_names = task_names
 
     def combine(self, losses: dict[str, torch.Tensor]) -> Combined:
         return Combined(weighted=dict(losses), weights={task: 1.0 for task in losses})
-
-    def after_step(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @attrs.define

@@ -8,16 +8,15 @@ keeps the loss (and, for SGD, the step size) independent of the number of tasks.
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
 
 from mtbert import hookimpl
-from mtbert.engine.components import Combined
+from mtbert.engine.components import Combined, StatelessCombiner
 
 
-class MeanCombiner:
+class MeanCombiner(StatelessCombiner):
     def __init__(self, task_names: list[str]):
         self.task_names = list(task_names)
 
@@ -26,15 +25,6 @@ class MeanCombiner:
             raise ValueError("mean: no task losses in this step")
         weight = 1.0 / len(losses)
         return Combined(weighted={t: loss * weight for t, loss in losses.items()}, weights={t: weight for t in losses})
-
-    def after_step(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @attrs.define

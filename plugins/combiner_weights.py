@@ -13,18 +13,17 @@ constant: for learned weights see ``uncertainty`` and ``gradnorm``.
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
 
 from mtbert import hookimpl
-from mtbert.engine.components import Combined
+from mtbert.engine.components import Combined, StatelessCombiner
 from mtbert.errors import MtbertError
 from mtbert.schema import did_you_mean, option
 
 
-class WeightsCombiner:
+class WeightsCombiner(StatelessCombiner):
     def __init__(self, weights: dict[str, float]):
         self.weights = dict(weights)
 
@@ -33,15 +32,6 @@ class WeightsCombiner:
             weighted={t: loss * self.weights[t] for t, loss in losses.items()},
             weights={t: self.weights[t] for t in losses},
         )
-
-    def after_step(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 @attrs.define

@@ -66,6 +66,7 @@ from torch import nn
 from mtbert import hookimpl
 from mtbert.errors import CheckpointError, MtbertError
 from mtbert.schema import option
+from mtbert.model.bert import hidden_activation
 
 IGNORE_INDEX = -100
 #: How many batches a length-bucketing window spans (as the multitask streams).
@@ -112,17 +113,6 @@ def mask_tokens(
 
 
 # --------------------------------------------------------------------------- the MLM head
-def _hidden_activation(name: str) -> nn.Module:
-    """The encoder config's ``hidden_act`` (BERT's MLM transform uses the encoder's activation)."""
-    if name == "gelu":
-        return nn.GELU()
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return nn.GELU(approximate="tanh")
-    if name == "relu":
-        return nn.ReLU()
-    raise ValueError(f"unsupported hidden_act {name!r}")
-
-
 #: Our MLM head's tensors -> the checkpoint's names (``cls.`` stripped), in order of preference.
 PRETRAINED_NAMES: dict[str, tuple[str, ...]] = {
     "dense.weight": ("predictions.transform.dense.weight",),
@@ -142,7 +132,7 @@ class MaskedLMHead(nn.Module):
         embeddings = encoder.word_embeddings.weight
         hidden, vocab = embeddings.shape[1], embeddings.shape[0]
         self.dense = nn.Linear(hidden, hidden, device=embeddings.device)
-        self.act = _hidden_activation(config.hidden_act)
+        self.act = hidden_activation(config.hidden_act)  # BERT's MLM transform uses the encoder's activation
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps, device=embeddings.device)
         self.decoder = nn.Linear(hidden, vocab, bias=False, device="meta")
         self.decoder.weight = embeddings  # tied: the same Parameter, not a copy

@@ -148,14 +148,21 @@ def test_changing_tokenizer_max_length_slice_or_format_misses(tmp_path, tokenize
     bigger_vocab = BertTokenizer({**tokenizer.vocab, "zzzmtbert": len(tokenizer.vocab)})
     _encode(task, sst_file, examples, bigger_vocab, root)
     assert len(_entries(root)) == 3
+    keep_accents = BertTokenizer(tokenizer.vocab, lowercase=True, strip_accents=False)  # same casing, other normalizer
+    _encode(task, sst_file, examples, keep_accents, root)
+    assert len(_entries(root)) == 4
     short = _encode(task, sst_file, examples, tokenizer, root, max_length=12)
-    assert len(_entries(root)) == 4 and max(len(s) for s in short.sequences[0]) == 12
+    assert len(_entries(root)) == 5 and max(len(s) for s in short.sequences[0]) == 12
     _encode(task, sst_file, examples[:50], tokenizer, root, limit=50)
-    assert len(_entries(root)) == 5
+    assert len(_entries(root)) == 6
     pairs = _examples(STS, sts_file)
     for fmt in (SeparatePair(), ConcatPair()):
         _encode(TaskData(name="sts", spec=STS, input_format=fmt, input_format_name="x"), sts_file, pairs, tokenizer, root)
-    assert len(_entries(root)) == 7
+    assert len(_entries(root)) == 8
+    # a tokenizer's key does not depend on the truncation its last call left behind
+    used, fresh = BertTokenizer(tokenizer.vocab), BertTokenizer(tokenizer.vocab)
+    used.encode(["x"], max_length=5)
+    assert cache_mod.tokenizer_key(used) == cache_mod.tokenizer_key(fresh)
     # and every one of them still hits
     counter = Counter(monkeypatch, SingleSentence)
     _encode(task, sst_file, examples, cased, root)

@@ -483,9 +483,9 @@ def test_config_rejects_bad_values(changes, match):
 def test_gelu_is_exact_erf():
     x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
     exact = 0.5 * x * (1 + torch.erf(x / 2**0.5))
-    act = bert_module._activation("gelu")
+    act = bert_module.hidden_activation("gelu")
     assert torch.allclose(act(x), exact, rtol=0, atol=1e-12)
-    tanh = bert_module._activation("gelu_new")
+    tanh = bert_module.hidden_activation("gelu_new")
     assert not torch.allclose(tanh(x), exact, rtol=0, atol=1e-6)
 
 

@@ -11,8 +11,9 @@ is keyed by everything that decides the encodings:
 
 * the data file's SHA-1, the task, split, slice (``*_limit``, its derived seed and the ids of the
   rows it kept) and ``strict``;
-* the tokenizer: a hash of its vocabulary, its casing and accent stripping, the `tokenizers`
-  version and a hash of the tokenizer's source file;
+* the tokenizer: a hash of its whole pipeline (vocabulary, casing, accent stripping,
+  pre-tokenizer, special-token template), the `tokenizers` version and a hash of the
+  tokenizer's source file;
 * ``data.max_length`` and the input format: its class, its options and a hash of its source
   file (so editing an input format's code invalidates its entries);
 * the mtbert version and :data:`CACHE_VERSION`.
@@ -83,16 +84,28 @@ def _source_hash(obj: Any) -> str | None:
 def tokenizer_key(tokenizer: Any) -> dict[str, Any] | None:
     """What decides a tokenizer's output, or None when it cannot be described (then no cache).
 
-    A tokenizer may describe itself with a ``cache_key()`` method returning a JSON-able dict;
-    otherwise it needs a ``vocab`` mapping (token -> id), as :class:`~mtbert.model.tokenizer.BertTokenizer` has.
+    A tokenizer may describe itself with a ``cache_key()`` method returning a JSON-able dict.
+    :class:`~mtbert.model.tokenizer.BertTokenizer` is described by a hash of its whole
+    `tokenizers` pipeline; any other tokenizer needs at least a ``vocab`` mapping (token -> id)
+    and ``lowercase`` / ``strip_accents`` attributes if it has such settings.
     """
     try:
         return _tokenizer_keys[tokenizer]
     except (KeyError, TypeError):
         pass
     own = getattr(tokenizer, "cache_key", None)
+    backend = getattr(tokenizer, "_tok", None)  # BertTokenizer's `tokenizers` pipeline
     if callable(own):
         key = {"custom": own()}
+    elif backend is not None and hasattr(backend, "to_str"):
+        # The whole pipeline (vocabulary, normalizer with casing and accent stripping,
+        # pre-tokenizer, template), without the per-call truncation and padding settings.
+        pipeline = json.loads(backend.to_str())
+        pipeline.pop("truncation", None)
+        pipeline.pop("padding", None)
+        text = json.dumps(pipeline, sort_keys=True, ensure_ascii=False)
+        key = {"pipeline": hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest(),
+               "lowercase": getattr(tokenizer, "lowercase", None)}
     else:
         vocab = getattr(tokenizer, "vocab", None)
         if not isinstance(vocab, dict):
@@ -213,6 +226,7 @@ def save_entry(path: Path, key: dict[str, Any], encoded: EncodedExamples) -> Non
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; entries are as readable as other files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -13,7 +13,7 @@ recipe is rejected before work starts if the sampler does not provide it.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import attrs
 import torch
@@ -177,6 +177,19 @@ class LossCombinerState(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class StatelessCombiner:
+    """Base for loss combiners whose weights never learn: no work after a step, no state."""
+
+    def after_step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class LossCombiner(Protocol):

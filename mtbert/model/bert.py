@@ -24,7 +24,7 @@ from mtbert.model.config import BertConfig
 ATTENTION_KINDS = ("sdpa", "math")
 
 
-def _activation(name: str) -> nn.Module:
+def hidden_activation(name: str) -> nn.Module:
     """HF's activation names; "gelu" is the exact erf GELU, "gelu_new" the tanh approximation."""
     if name == "gelu":
         return nn.GELU()
@@ -77,7 +77,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.act = _activation(config.hidden_act)
+        self.act = hidden_activation(config.hidden_act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.act(self.up(x)))
