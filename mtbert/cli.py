@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,6 +84,8 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, name: str | 
     plugins = _plugins()
     resolved = load_recipe(recipe, overrides, plugins)
     folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return
     best = summary.get("best")
     if best:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in best["dev"].items() if k == "mean" or k.endswith(("_acc", "_pearson")))

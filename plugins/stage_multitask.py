@@ -33,6 +33,8 @@ class Multitask:
     epochs: int | None = option(None, help="epochs of this stage (default: optim.epochs)", min=1)
     select_best: bool | None = option(None, help="keep the best checkpoint and count patience here (default: last stage only)")
 
+    data_parallel = True  # works under torchrun: the trainer shards batches and all-reduces gradients
+
     def run(self, run: Any, index: int, name: str) -> dict[str, float]:
         from mtbert.engine.trainer import MultitaskTrainer
 

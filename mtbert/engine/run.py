@@ -441,17 +441,13 @@ def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:
 
 
 #: Stages known to train under data parallelism besides those whose options say ``data_parallel = True``.
-DATA_PARALLEL_STAGES = {"mtbert_plugins.stage_multitask.Multitask"}
-
-
 def _check_data_parallel_stages(recipe: Recipe, world: int) -> None:
     """Under torchrun every stage must know how to share its work between processes."""
     if world <= 1:
         return
     problems = []
     for i, stage in enumerate(recipe.stages):
-        cls = type(stage.options)
-        if getattr(stage.options, "data_parallel", False) or f"{cls.__module__}.{cls.__qualname__}" in DATA_PARALLEL_STAGES:
+        if getattr(stage.options, "data_parallel", False):
             continue
         problems.append(f"stages[{i}]: stage '{stage.name}' ({stage.component.provider}) does not support data "
                         f"parallelism; run this recipe in one process (without torchrun)")
