@@ -5,6 +5,10 @@ accumulates straight into it: reading all shared gradients is ``flat()`` and wri
 is one ``copy_``, with no Python loop over parameters in the hot path. If autograd ever
 replaces a ``.grad`` instead of accumulating into the view (it may for unusual layouts),
 ``flat()`` notices and gathers the gradients by copying instead, so results stay correct.
+
+``redirect(target)`` points the ``.grad`` views at another flat tensor of the same size (a row
+of the per-task ``[tasks, params]`` buffer), so a task's backward accumulates straight into its
+row: no copy and no zeroing per task.
 """
 
 from __future__ import annotations
@@ -17,15 +21,31 @@ class SharedGradients:
         self.parameters = [p for p in parameters if p.requires_grad]
         self.numel = sum(p.numel() for p in self.parameters)
         self.buffer = torch.zeros(self.numel, device=device, dtype=torch.float32)
-        self.views: list[torch.Tensor] = []
-        offset = 0
-        for p in self.parameters:
-            self.views.append(self.buffer[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
+        self.current = self.buffer
+        self.views: list[torch.Tensor] = self._views_into(self.buffer)
         self.rebind()
+
+    def _views_into(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        views, offset = [], 0
+        for p in self.parameters:
+            views.append(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return views
+
+    def redirect(self, target: torch.Tensor | None) -> None:
+        """Accumulate the next backward into ``target`` (a contiguous flat tensor), or back into
+        the main buffer with ``None``. The gradients already in ``target`` are kept."""
+        self.flat()  # settle the current binding first
+        self.current = self.buffer if target is None else target
+        self.views = self._views_into(self.current)
+        for p, view in zip(self.parameters, self.views):
+            p.grad = view if p.dtype == view.dtype else None
 
     def rebind(self) -> None:
         """Point every ``.grad`` at its view again (after ``zero_grad(set_to_none=True)``)."""
+        if self.current is not self.buffer:
+            self.current = self.buffer
+            self.views = self._views_into(self.buffer)
         self.buffer.zero_()
         for p, view in zip(self.parameters, self.views):
             p.grad = view if p.dtype == view.dtype else None
@@ -42,13 +62,14 @@ class SharedGradients:
                 elif p.grad.data_ptr() != view.data_ptr():
                     view.copy_(p.grad)
                     p.grad = view
-        return self.buffer
+        return self.current
 
     def zero(self) -> None:
-        self.flat()
-        self.buffer.zero_()
+        self.flat().zero_()
 
     def assign(self, vector: torch.Tensor) -> None:
-        """Make ``vector`` the shared gradients the optimizer will use."""
+        """Make ``vector`` the shared gradients the optimizer will use (in the main buffer)."""
+        if self.current is not self.buffer:
+            self.redirect(None)
         self.flat()
         self.buffer.copy_(vector)

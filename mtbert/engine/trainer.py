@@ -267,16 +267,17 @@ class MultitaskTrainer:
         if self.task_grads is None or self.task_grads.shape[0] != len(self.task_names):
             self.task_grads = torch.zeros(len(self.task_names), self.grads.numel, device=self.device)
         for k, task in enumerate(tasks):
+            # The shared .grad views point into this task's row: backward accumulates there directly.
+            self.grads.redirect(self.task_grads[self.task_names.index(task)])
             (combined.weighted[task] * scale).backward(retain_graph=k < len(tasks) - 1)
-            row = self.task_names.index(task)
-            self.task_grads[row] += self.grads.flat()
-            self.grads.zero()
+        self.grads.redirect(None)
 
     def _apply_transforms(self, tasks_seen: list[str]) -> dict[str, float]:
         logs: dict[str, float] = {}
         if self.per_task and self.grads is not None:
             rows = [self.task_names.index(t) for t in tasks_seen]
-            current: torch.Tensor = self.task_grads[rows]
+            # Every task in recipe order (the all-tasks case): the buffer itself, no copy.
+            current: torch.Tensor = self.task_grads if rows == list(range(len(self.task_names))) else self.task_grads[rows]
         else:
             current = None
         for spec, transform in self.transforms:
