@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Small enough to train in seconds, big enough that every task has several batches.
 SMALL = [
-    "tasks.sst.train_limit=96", "tasks.para.train_limit=96", "tasks.sts.train_limit=96",
-    "tasks.sst.dev_limit=64", "tasks.para.dev_limit=64", "tasks.sts.dev_limit=64",
+    "tasks.sst.train_limit=64", "tasks.para.train_limit=64", "tasks.sts.train_limit=64",
+    "tasks.sst.dev_limit=48", "tasks.para.dev_limit=48", "tasks.sts.dev_limit=48",
     "tasks.sst.test_limit=32", "tasks.sts.test_limit=32",
     "optim.epochs=2", "train.progress=false",
 ]
@@ -87,7 +87,7 @@ def test_run_folder_holds_everything_promised(tmp_path, data_dir, minilm_dir, pl
     assert info["status"] == "finished" and info["seed"] == 11711
     assert info["mtbert_version"] == "0.1.0" and info["device"]["type"] == "cpu"
     assert {"head-linear", "tasks-cs224n", "sampler-round-robin"} <= {p["name"] for p in info["plugins"]}
-    assert info["data"]["sst"]["train_rows"] == "96" and len(info["data"]["sst"]["train_sha1"]) == 40
+    assert info["data"]["sst"]["train_rows"] == "64" and len(info["data"]["sst"]["train_sha1"]) == 40
 
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
@@ -96,21 +96,22 @@ def test_run_folder_holds_everything_promised(tmp_path, data_dir, minilm_dir, pl
     assert best == summary["best"] and best["dev"]["mean"] == max(line["metrics"]["mean"] for line in lines)
 
     resolved = tomllib.loads((folder / "recipe.toml").read_text())
-    assert resolved["tasks"]["sst"]["train_limit"] == 96 and resolved["optim"]["epochs"] == 2
+    assert resolved["tasks"]["sst"]["train_limit"] == 64 and resolved["optim"]["epochs"] == 2
 
 
 def test_quickstart_learns_above_chance(tmp_path, data_dir, minilm_dir, plugins_with):
-    """The quickstart recipe, cut to 320 training rows per task and one epoch (60 steps)."""
+    """The quickstart recipe cut to 320 training rows per task (2 epochs of 60 steps)."""
     plugins = plugins_with()
     overrides = [f"data.dir={json.dumps(str(data_dir))}", "train.progress=false", "train.predict=false",
-                 "optim.epochs=1", *(f"tasks.{t}.train_limit=320" for t in ("sst", "para", "sts")),
+                 *(f"tasks.{t}.train_limit=320" for t in ("sst", "para", "sts")),
                  *(f"tasks.{t}.dev_limit=300" for t in ("sst", "para", "sts"))]
     recipe = load_recipe(REPO / "recipes" / "quickstart.toml", overrides, plugins)
     _, summary = run_recipe(recipe, plugins, out=tmp_path / "run", say=quiet, warn=quiet)
     dev = summary["best"]["dev"]
-    # Chance: SST 0.2 (5 classes), Para 0.63 (the majority class of quora-dev), STS r 0.
+    # Chance: SST 0.2 (5 classes), Para balanced accuracy 0.5 (predicting the majority class
+    # gives exactly that), STS r 0. SST needs more steps than this to leave its majority class.
     assert dev["sst_acc"] > 0.25, dev
-    assert dev["para_acc"] > 0.66, dev
+    assert dev["para_balanced_acc"] > 0.55, dev
     assert dev["sts_pearson"] > 0.5, dev
 
 
@@ -119,7 +120,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, data_d
     recipe = small_recipe(plugins, data_dir)
     whole, whole_summary = run_recipe(recipe, plugins, out=tmp_path / "whole", say=quiet, warn=quiet)
 
-    # Interrupted in the middle of the first epoch (step 7 of 18), then resumed.
+    # Interrupted in the middle of the first epoch (step 7 of 12), then resumed.
     plugins = plugins_with(("stopper", StopAt(7)))
     recipe = small_recipe(plugins, data_dir)
     with pytest.raises(RunInterrupted, match="stopped at step 7"):
@@ -144,7 +145,7 @@ def test_ctrl_c_saves_state_and_resume_finishes(tmp_path, data_dir, minilm_dir, 
     plugins = plugins_with()
     recipe = small_recipe(plugins, data_dir, ["optim.epochs=1"])
     _, summary = run_recipe(recipe, plugins, out=tmp_path / "run", resume=True, say=quiet, warn=quiet)
-    assert summary["last"]["step"] == 18
+    assert summary["last"]["step"] == 12
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, data_dir, minilm_dir, plugins_with):
