@@ -99,10 +99,15 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, name: str | 
 @click.option("--show", is_flag=True, help="Print the resolved recipe (includes, overrides and defaults applied).")
 @guard
 def validate(recipe: Path, overrides: tuple[str, ...], show: bool) -> None:
-    """Check RECIPE (and its includes and overrides) without running it."""
+    """Check RECIPE (and its includes and overrides) and that its data files exist, without running it."""
     from mtbert.recipe import load_recipe
 
+    from mtbert.engine.data import missing_data_files
+
     resolved = load_recipe(recipe, list(overrides), _plugins())
+    missing = missing_data_files(resolved)
+    if missing:
+        raise RecipeError(missing)
     if show:
         click.echo(resolved.to_toml())
     tasks = ", ".join(f"{n} ({t.input.name}, {t.head.name})" for n, t in resolved.tasks.items())

@@ -217,3 +217,26 @@ def test_validate_command_prints_every_error_without_traceback(write_recipe, bui
     lines = result.output.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
     assert "Traceback" not in result.output
+
+
+def test_validate_checks_the_data_files(tmp_path, data_dir, builtin_plugins, monkeypatch):
+    quickstart = str(REPO / "recipes" / "quickstart.toml")
+    monkeypatch.delenv("MTBERT_DATA_DIR", raising=False)
+    ok = CliRunner().invoke(cli, ["validate", quickstart, "--set", f"data.dir={json.dumps(str(data_dir))}"])
+    assert ok.exit_code == 0 and ok.output.startswith(f"{quickstart}: ok"), ok.output
+
+    # A missing folder is one line naming it and how to set it, not a line per file.
+    nowhere = tmp_path / "no-data"
+    result = CliRunner().invoke(cli, ["validate", quickstart, "--set", f"data.dir={json.dumps(str(nowhere))}"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: data folder not found: {nowhere} (set $MTBERT_DATA_DIR, --set data.dir=PATH, or dir under [data])"]
+
+    # A file the recipe names itself is checked too, test files included.
+    result = CliRunner().invoke(cli, ["validate", quickstart, "--set", f"data.dir={json.dumps(str(data_dir))}",
+                                      "--set", "tasks.sst.train_file=nope.csv", "--set", "tasks.sts.test_file=gone.csv"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: data file for tasks.sst.train_file (sst train) not found: {data_dir / 'nope.csv'}",
+        f"error: data file for tasks.sts.test_file (sts test) not found: {data_dir / 'gone.csv'}",
+    ]

@@ -74,6 +74,31 @@ def resolve_file(data_dir: Path, task_name: str, section: Any, spec: Any, split:
     return data_dir / default, "data.dir"
 
 
+def missing_data_files(recipe: Any) -> list[str]:
+    """One line per data file a run of ``recipe`` would fail to find (what ``mtbert validate`` adds).
+
+    The default test files are optional (a run skips them), so only train and dev files, and
+    test files a recipe names itself, count. When the data folder itself is missing, one line
+    says so (with the three ways to set it) instead of a line per default file.
+    """
+    from mtbert.recipe import DATA_DIR_ENV
+
+    data_dir = recipe.data_dir()
+    folder_missing = not data_dir.is_dir()
+    problems: list[str] = []
+    for name, task_recipe in recipe.tasks.items():
+        for split in ("train", "dev", "test"):
+            path, key = resolve_file(data_dir, name, task_recipe.section, task_recipe.spec, split)
+            if path is None or path.is_file() or (key == "data.dir" and (split == "test" or folder_missing)):
+                continue
+            where = f"data.dir ({name} {split})" if key == "data.dir" else f"{key} ({name} {split})"
+            problems.append(f"data file for {where} not found: {path}")
+    uses_folder = any(not getattr(t.section, f"{split}_file") for t in recipe.tasks.values() for split in ("train", "dev"))
+    if folder_missing and uses_folder:
+        problems.insert(0, f"data folder not found: {data_dir} (set ${DATA_DIR_ENV}, --set data.dir=PATH, or dir under [data])")
+    return problems
+
+
 def sample_rows(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
     """A seeded random subset of ``limit`` examples, kept in file order.
 
