@@ -79,6 +79,16 @@ def builtin_plugins(monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op CPU thread for the test: the CPU is shared, and tiny tensors run several times
+    faster on one thread than on two fighting (torchrun's processes run so too)."""
+    from mtbert.testing import one_thread as single_thread
+
+    with single_thread():
+        yield
+
+
+@pytest.fixture
 def write_recipe(tmp_path):
     """Write a recipe file from text and return its path."""
 

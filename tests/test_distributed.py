@@ -213,15 +213,6 @@ def test_stages_without_data_parallel_support_are_refused(builtin_plugins, write
 
 
 # =========================================================================== 2 processes
-@pytest.fixture
-def one_thread():
-    """The reference runs on one thread, as each torchrun process does (OMP_NUM_THREADS=1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, MTBERT_PLUGINS="builtin", MTBERT_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

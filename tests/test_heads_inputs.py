@@ -33,13 +33,7 @@ MINE = [("concat-pair", input_concat_pair), ("head-mlp", head_mlp), ("head-cosin
         ("head-pair-classifier", head_pair_classifier)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: one intra-op thread is several times faster here than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def masks(lengths: list[int], width: int) -> torch.Tensor:

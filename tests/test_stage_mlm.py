@@ -24,13 +24,7 @@ from mtbert_plugins.stage_mlm import (
 MINE = [("stage-mlm", stage_mlm), ("head-pair-classifier", head_pair_classifier)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: one intra-op thread is several times faster here than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- masking
