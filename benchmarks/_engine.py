@@ -3,9 +3,9 @@
 :func:`build_trainer` builds a run exactly as ``mtbert run`` does (``RunContext.build``: the
 backbone, the data, the heads, the regularizers, ``train.compile``) and the stage's
 :class:`~mtbert.engine.trainer.MultitaskTrainer` (sampler, loss combiner, gradient transforms,
-fused AdamW, schedule). :func:`one_step` is the body of ``MultitaskTrainer.train``'s loop for
-one sampler step (task losses, combiner, backward, transforms, optimizer), without the logging,
-evaluation and checkpointing around it. Keep it in step with trainer.py.
+fused AdamW, schedule). :func:`one_step` is ``MultitaskTrainer.step``, what the training loop
+calls for each sampler step (task losses, combiner, backward, transforms, optimizer), without
+the logging, evaluation and checkpointing around it.
 """
 
 from __future__ import annotations
@@ -17,13 +17,9 @@ import torch
 
 
 def recipe_from(table: dict[str, Any], plugins: Any, overrides: list[str] = ()) -> Any:
-    from mtbert.recipe import apply_override, parse_override, validate
+    from mtbert.recipe import apply_overrides, validate
 
-    table = dict(table)
-    for text in overrides:
-        parts, value = parse_override(text)
-        apply_override(table, parts, value, text)
-    return validate(table, plugins, source="benchmark")
+    return validate(apply_overrides(dict(table), overrides), plugins, source="benchmark")
 
 
 def recipe_file(path: Path, plugins: Any, overrides: list[str] = ()) -> Any:
@@ -33,7 +29,7 @@ def recipe_file(path: Path, plugins: Any, overrides: list[str] = ()) -> Any:
 
 
 def build_trainer(recipe: Any, plugins: Any, folder: Path) -> Any:
-    from mtbert.engine.run import RunContext
+    from mtbert.engine.context import RunContext
     from mtbert.engine.trainer import MultitaskTrainer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,16 +41,8 @@ def build_trainer(recipe: Any, plugins: Any, folder: Path) -> Any:
 
 
 def one_step(trainer: Any, tasks: tuple[str, ...]) -> float:
-    """One sampler step through the trainer's own methods; returns the total loss."""
-    losses: dict[str, torch.Tensor] = {}
-    for task in tasks:
-        losses[task] = trainer._task_loss(task)[0]  # (loss, logs[, share of the global batch])
-    combined = trainer.combiner.combine(losses)
-    trainer._backward(tasks, combined)
-    total = float(combined.total.detach())  # the loop reads it every step (divergence check)
-    trainer._optimizer_step(list(tasks))
-    trainer.run.global_step += 1
-    return total
+    """One sampler step, optimizer step included: ``MultitaskTrainer.step``; returns the total loss."""
+    return trainer.step(tasks, end_of_epoch=True)[0]
 
 
 def one_epoch(trainer: Any, epoch: int = 0) -> int:

@@ -43,7 +43,7 @@ def test_tokenize_sst(benchmark, tokenizer, sst_train, minilm_dir):
 
 
 def test_load_split_cached(benchmark, tokenizer, data_dir, tmp_path, monkeypatch):
-    from mtbert.engine.data import TaskData, load_split
+    from mtbert.engine.batches import TaskData, load_split
     from mtbert_plugins.inputs import SingleSentence
     from mtbert_plugins.tasks_cs224n import SST
 

@@ -10,13 +10,14 @@ import datetime as dt
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 import mtbert
-from mtbert.errors import MtbertError, RecipeError
+from mtbert.errors import MtbertError, RecipeError, RunInterrupted
 
 
 def _warn(message: str) -> None:
@@ -36,14 +37,14 @@ def guard(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # mtbert's deprecation notices as "warning:" lines
+                warnings.showwarning = lambda message, *rest: _warn(str(message))
+                return fn(*args, **kwargs)
         except RecipeError as exc:
             for line in exc.problems:
                 click.echo(f"error: {line}", err=True)
             raise SystemExit(2)
         except MtbertError as exc:
-            from mtbert.engine.trainer import RunInterrupted
-
             if isinstance(exc, RunInterrupted):
                 click.echo(f"interrupted: {exc}", err=True)
                 raise SystemExit(130)
@@ -102,7 +103,7 @@ def validate(recipe: Path, overrides: tuple[str, ...], show: bool) -> None:
     """Check RECIPE (and its includes and overrides) and that its data files exist, without running it."""
     from mtbert.recipe import load_recipe
 
-    from mtbert.engine.data import missing_data_files
+    from mtbert.engine.batches import missing_data_files
 
     resolved = load_recipe(recipe, list(overrides), _plugins())
     missing = missing_data_files(resolved)
@@ -163,7 +164,7 @@ def plugins(as_json: bool) -> None:
 
 
 def _write_eval(folder: Path, record: dict[str, Any]) -> None:
-    from mtbert.engine.checkpoint import atomic_write_json
+    from mtbert.files import atomic_write_json
 
     atomic_write_json(folder / "eval.json", record)
     with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
@@ -176,7 +177,7 @@ def _write_eval(folder: Path, record: dict[str, Any]) -> None:
 @guard
 def eval_command(run_dir: Path, overrides: tuple[str, ...]) -> None:
     """Evaluate RUN_DIR's best checkpoint on the dev files (overrides may point them elsewhere)."""
-    from mtbert.engine.data import load_split, resolve_file
+    from mtbert.engine.batches import load_split, resolve_file
     from mtbert.engine.evaluate import evaluate
     from mtbert.engine.restore import restore_run
 
@@ -208,7 +209,7 @@ def eval_command(run_dir: Path, overrides: tuple[str, ...]) -> None:
 @guard
 def predict(run_dir: Path, task_name: str, input_path: Path, output_path: Path, overrides: tuple[str, ...]) -> None:
     """Predict a file with RUN_DIR's best checkpoint, in the CS224N submission format."""
-    from mtbert.engine.data import load_split
+    from mtbert.engine.batches import load_split
     from mtbert.engine.evaluate import predict_split
     from mtbert.schema import did_you_mean
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import attrs
 
+from mtbert.recipe.keys import NEUTRAL_KEYS, flatten_recipe
+
 MAIN_METRICS = ("sst_acc", "para_acc", "sts_pearson", "mean")
 HEADERS = {"sst_acc": "SST acc", "para_acc": "Para acc", "sts_pearson": "STS r", "mean": "mean",
            "cfimdb_acc": "CFIMDB acc"}
@@ -41,19 +43,9 @@ class RunRecord:
     status: str
 
 
-def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(table, dict):
-        for key, value in table.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
-    elif isinstance(table, list) and any(isinstance(v, dict) for v in table):
-        for i, value in enumerate(table):
-            out.update(_flatten(value, f"{prefix}[{i}]"))
-    elif isinstance(table, list) and not table:
-        pass  # an empty list reads as absent: "no gradient transforms" is shown as "—"
-    else:
-        out[prefix] = table
-    return out
+def _flatten(table: Any) -> dict[str, Any]:
+    """The recipe by dotted key, an empty list read as absent: "no gradient transforms" shows as "—"."""
+    return {key: value for key, value in flatten_recipe(table).items() if value != []}
 
 
 def read_run(folder: Path) -> RunRecord:
@@ -92,7 +84,7 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
     """Recipe keys whose values are not the same in every compared run (the name excluded)."""
     flats = [_flatten(r.recipe) for r in records]
     keys = sorted(set().union(*flats)) if flats else []
-    ignore = {"name", "description", "train.progress", "data.dir", "data.cache", "train.device", "train.threads"}
+    ignore = NEUTRAL_KEYS | {"name", "description"}
 
     def differ(rows: list[dict[str, Any]], key: str) -> bool:
         return len({json.dumps(f.get(key), sort_keys=True) for f in rows}) > 1

@@ -36,3 +36,7 @@ class PluginError(MtbertError):
 
 class CheckpointError(MtbertError):
     """A checkpoint folder or run folder cannot be read."""
+
+
+class RunInterrupted(MtbertError):
+    """Training stopped on request (Ctrl-C or a plugin); the state was saved for --resume."""

@@ -30,7 +30,7 @@ import attrs
 import pluggy
 
 from mtbert import hookspecs
-from mtbert.errors import PluginError, RecipeError
+from mtbert.errors import PluginError
 from mtbert.schema import did_you_mean
 
 ENTRY_POINT_GROUP = "mtbert"
@@ -97,13 +97,6 @@ class Registry:
 
     def find(self, kind: str, name: str) -> Component | None:
         return self.components[kind].get(name)
-
-    def get(self, kind: str, name: str, *, where: str = "", context: str = "") -> Component:
-        """The component or a :class:`RecipeError` naming the installed choices."""
-        found = self.find(kind, name)
-        if found is not None:
-            return found
-        raise RecipeError(self.unknown_message(kind, name, where=where, context=context))
 
     def unknown_message(self, kind: str, name: str, *, where: str = "", context: str = "") -> str:
         installed = ", ".join(self.names(kind)) or "none"

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from mtbert import hookimpl
+from mtbert.recipe.keys import flatten_recipe
 
 CLASSIFICATION_KINDS = ("binary", "multiclass")
 
@@ -132,28 +133,20 @@ def confusion_image(matrix: torch.Tensor, scale: int = 2) -> torch.Tensor:
     return image
 
 
-def flatten_recipe(table: Any, prefix: str = "") -> dict[str, Any]:
-    """Recipe values keyed by path, converted to what the HParams dashboard accepts.
-
-    Tables recurse (``optim.lr``); lists of tables are indexed (``regularizers[0].name``);
-    other lists become their JSON text; booleans become ``"true"``/``"false"``; ``None`` is
-    left out.
-    """
+def recipe_hparams(table: Any) -> dict[str, Any]:
+    """Recipe values by dotted key (:func:`mtbert.recipe.flatten_recipe`), converted to what the
+    HParams dashboard accepts: lists become their JSON text, booleans ``"true"``/``"false"``,
+    and ``None`` is left out."""
     out: dict[str, Any] = {}
-    if isinstance(table, dict):
-        for key, value in table.items():
-            out.update(flatten_recipe(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(table, list) and table and all(isinstance(v, dict) for v in table):
-        for i, value in enumerate(table):
-            out.update(flatten_recipe(value, f"{prefix}[{i}]"))
-    elif isinstance(table, list):
-        out[prefix] = json.dumps(table)
-    elif isinstance(table, bool):
-        out[prefix] = "true" if table else "false"
-    elif isinstance(table, (int, float, str)):
-        out[prefix] = table
-    elif table is not None:
-        out[prefix] = str(table)
+    for key, value in flatten_recipe(table).items():
+        if isinstance(value, list):
+            out[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, (int, float, str)):
+            out[key] = value
+        elif value is not None:
+            out[key] = str(value)
     return out
 
 
@@ -189,7 +182,7 @@ def mtbert_on_run_start(run: Any) -> None:
     if writer is None or getattr(run, "resume_state", None) is not None:
         return  # a resumed run wrote its session start the first time
     try:
-        writer._get_file_writer().add_summary(_session_start(flatten_recipe(run.recipe.to_dict())))
+        writer._get_file_writer().add_summary(_session_start(recipe_hparams(run.recipe.to_dict())))
     except Exception as exc:  # review must never stop training
         _warn(run, "hparams", exc)
 

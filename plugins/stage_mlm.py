@@ -2,11 +2,8 @@
 
 Continued pretraining on the task's own text ("task-adaptive pretraining", Gururangan et al.
 2020, "Don't Stop Pretraining: Adapt Language Models to Domains and Tasks") with BERT's
-masked-LM objective (Devlin, Chang, Lee & Toutanova 2019, "BERT: Pre-training of Deep
-Bidirectional Transformers for Language Understanding", section 3.1 and appendix A.1). Seed
-001 ran it on each task's training sentences (4 epochs, batch 32) before in-turn training and
-got its best dev mean; seed 002 on SST's sentences only. A recipe chains it before the
-multitask stage::
+masked-LM objective (:mod:`mtbert.model.mlm`: the masking and the MLM head). A recipe chains
+it before the multitask stage::
 
     [[stages]]
     name = "mlm"
@@ -21,22 +18,9 @@ both sentences of a pair as separate texts, after the recipe's ``train_limit`` s
 duplicated sentences kept once (Quora repeats its questions), each ``[CLS] s [SEP]`` truncated
 to ``max_length`` (default ``data.max_length``).
 
-Masking (:func:`mask_tokens`): each token is selected with probability ``mask_prob`` (0.15),
-never ``[CLS]``, ``[SEP]``, ``[PAD]``, ``[UNK]`` or ``[MASK]``; a selected token becomes
-``[MASK]`` with probability ``mask_replace`` (0.8), a token drawn uniformly from the whole
-vocabulary with probability ``random_replace`` (0.1, as in BERT's own data script), and
-stays itself otherwise (0.1). The loss is the cross-entropy of the selected positions only
-(labels are -100 elsewhere), averaged over them; the output layer runs on those positions
-only, so the 30,522-way projection costs 15% of what a full-sequence head would.
-
-The MLM head is BERT's: ``Linear(H, H) -> hidden_act (gelu) -> LayerNorm``, then a decoder
-whose weight *is* the encoder's word-embedding matrix (tied, one tensor: the embedding also
-learns from the output side), plus an output bias. A new head is initialised as BERT
-initialises (weights N(0, initializer_range), zero biases, unit LayerNorm). When the checkpoint
-carried its pre-training head (``cls.predictions.*`` in HF names, as ``bert-base-uncased``
-does; MiniLM does not), that transform and bias are used instead, and the run says so. The
-head is trained with the encoder and discarded at the end of the stage; the encoder is
-trained in place.
+The MLM head (:class:`~mtbert.model.mlm.MaskedLMHead`, the checkpoint's own when it carries
+one) is trained with the encoder and discarded at the end of the stage; the encoder is trained
+in place.
 
 Optimisation: AdamW (``lr`` 5e-5, ``weight_decay`` 0.01, none on biases and LayerNorm
 weights), linear warm-up over ``warmup`` (6%) of the steps then linear decay to 0, gradient
@@ -64,141 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtbert import hookimpl
-from mtbert.errors import CheckpointError, MtbertError
+from mtbert.engine.batches import pack_batches, plan_batches, unpack_batches
+from mtbert.engine.optim import adamw, build_scheduler, decay_groups
+from mtbert.errors import CheckpointError, MtbertError, RunInterrupted
+from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
 from mtbert.schema import option
-from mtbert.model.bert import hidden_activation
-
-IGNORE_INDEX = -100
-#: How many batches a length-bucketing window spans (as the multitask streams).
-BUCKET_WINDOW = 50
-
-
-# --------------------------------------------------------------------------- masking
-def mask_tokens(
-    ids: torch.Tensor,
-    special_mask: torch.Tensor,
-    vocab_size: int,
-    mask_id: int,
-    prob: float,
-    generator: torch.Generator | None = None,
-    *,
-    mask_replace: float = 0.8,
-    random_replace: float = 0.1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking of a batch of token ids: returns ``(inputs, labels)``.
-
-    Each position whose ``special_mask`` is False is selected with probability ``prob``.
-    ``labels`` holds the original id at selected positions and -100 everywhere else.
-    ``inputs`` is ``ids`` with each selected position replaced by ``mask_id`` (probability
-    ``mask_replace``), by a token drawn uniformly from ``[0, vocab_size)`` (probability
-    ``random_replace``) or left unchanged (the rest). Pure: ``ids`` is not modified; all
-    draws come from ``generator`` (on its device, then moved to ``ids``'s).
-    """
-    if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"prob must be in [0, 1], got {prob}")
-    if mask_replace < 0 or random_replace < 0 or mask_replace + random_replace > 1.0 + 1e-9:
-        raise ValueError("mask_replace and random_replace must be non-negative and sum to at most 1")
-    draw_device = generator.device if generator is not None else ids.device
-    shape = ids.shape
-    select = torch.rand(shape, generator=generator, device=draw_device).to(ids.device)
-    how = torch.rand(shape, generator=generator, device=draw_device).to(ids.device)
-    random_ids = torch.randint(vocab_size, shape, generator=generator, device=draw_device).to(ids.device, ids.dtype)
-    selected = (select < prob) & ~special_mask.to(device=ids.device, dtype=torch.bool)
-    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
-    to_mask = selected & (how < mask_replace)
-    to_random = selected & (how >= mask_replace) & (how < mask_replace + random_replace)
-    inputs = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
-    inputs = torch.where(to_random, random_ids, inputs)
-    return inputs, labels
-
-
-# --------------------------------------------------------------------------- the MLM head
-#: Our MLM head's tensors -> the checkpoint's names (``cls.`` stripped), in order of preference.
-PRETRAINED_NAMES: dict[str, tuple[str, ...]] = {
-    "dense.weight": ("predictions.transform.dense.weight",),
-    "dense.bias": ("predictions.transform.dense.bias",),
-    "norm.weight": ("predictions.transform.LayerNorm.weight",),
-    "norm.bias": ("predictions.transform.LayerNorm.bias",),
-    "bias": ("predictions.bias", "predictions.decoder.bias"),
-}
-
-
-class MaskedLMHead(nn.Module):
-    """BERT's masked-LM head; the decoder weight is the encoder's word-embedding parameter."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        config = encoder.config
-        embeddings = encoder.word_embeddings.weight
-        hidden, vocab = embeddings.shape[1], embeddings.shape[0]
-        self.dense = nn.Linear(hidden, hidden, device=embeddings.device)
-        self.act = hidden_activation(config.hidden_act)  # BERT's MLM transform uses the encoder's activation
-        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps, device=embeddings.device)
-        self.decoder = nn.Linear(hidden, vocab, bias=False, device="meta")
-        self.decoder.weight = embeddings  # tied: the same Parameter, not a copy
-        self.bias = nn.Parameter(torch.zeros(vocab, device=embeddings.device))
-        self.reset_parameters(config.initializer_range)
-
-    @torch.no_grad()
-    def reset_parameters(self, std: float) -> None:
-        """BERT's initialisation of the new layers (the tied decoder is left alone)."""
-        self.dense.weight.normal_(0.0, std)
-        self.dense.bias.zero_()
-        self.norm.weight.fill_(1.0)
-        self.norm.bias.zero_()
-        self.bias.zero_()
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., H]`` hidden states -> ``[..., V]`` vocabulary logits."""
-        return self.decoder(self.norm(self.act(self.dense(hidden)))) + self.bias
-
-    def own_parameters(self) -> list[nn.Parameter]:
-        """The head's parameters that are not the encoder's (the tied decoder excluded)."""
-        return [self.dense.weight, self.dense.bias, self.norm.weight, self.norm.bias, self.bias]
-
-    def own_state(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k != "decoder.weight"}
-
-    def load_own_state(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.own_state()
-        if set(state) != set(own):
-            raise CheckpointError(f"mlm stage: saved MLM head has tensors {sorted(state)}, expected {sorted(own)}")
-        with torch.no_grad():
-            for key, value in state.items():
-                own[key].copy_(value)
-
-    @torch.no_grad()
-    def load_pretrained(self, extra_state: dict[str, torch.Tensor]) -> str | None:
-        """Use a checkpoint's pre-training MLM head if it has a complete one.
-
-        Returns a line for the run to say when it was used or had to be refused, None when
-        the checkpoint carries no MLM head at all.
-        """
-        found: dict[str, torch.Tensor] = {}
-        for ours, names in PRETRAINED_NAMES.items():
-            for name in names:
-                if name in extra_state:
-                    found[ours] = extra_state[name]
-                    break
-        if not found:
-            return None
-        own = self.own_state()
-        missing = [k for k in own if k not in found]
-        wrong = [k for k in found if tuple(found[k].shape) != tuple(own[k].shape)]
-        if missing or wrong:
-            problems = [f"missing {PRETRAINED_NAMES[k][0]}" for k in missing]
-            problems += [f"{PRETRAINED_NAMES[k][0]} has shape {tuple(found[k].shape)}, expected {tuple(own[k].shape)}"
-                         for k in wrong]
-            return f"mlm: the checkpoint's MLM head is incomplete ({'; '.join(problems)}); using a new one"
-        for key, value in found.items():
-            own[key].copy_(value.to(own[key].dtype))
-        note = ""
-        decoder = extra_state.get("predictions.decoder.weight")
-        if decoder is not None and (decoder.shape != self.decoder.weight.shape or not torch.equal(
-                decoder.to(self.decoder.weight), self.decoder.weight)):
-            note = " (its separate decoder weight is ignored: the decoder stays tied to the word embeddings)"
-        return f"mlm: using the checkpoint's pretrained MLM head (transform and output bias){note}"
-
 
 # --------------------------------------------------------------------------- data
 def training_texts(run: Any, tasks: list[str], split: str = "train") -> list[str]:
@@ -222,40 +76,12 @@ def training_texts(run: Any, tasks: list[str], split: str = "train") -> list[str
     return texts
 
 
-def tokenize_unique(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text; texts that tokenize identically kept once; texts with no token dropped."""
-    seen: set[tuple[int, ...]] = set()
-    out: list[list[int]] = []
-    for ids in tokenizer.encode(texts, max_length=max_length):
-        key = tuple(ids)
-        if len(ids) > 2 and key not in seen:  # more than [CLS] [SEP]
-            seen.add(key)
-            out.append(ids)
-    return out
-
-
-def plan_epoch(lengths: list[int], batch_size: int, generator: torch.Generator, bucket: bool) -> list[list[int]]:
-    """One epoch's batches: a seeded shuffle, optionally sorted by length inside windows."""
-    n = len(lengths)
-    order = torch.randperm(n, generator=generator).tolist()
-    if not bucket:
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    window = batch_size * BUCKET_WINDOW
-    ordered: list[int] = []
-    for start in range(0, n, window):
-        ordered.extend(sorted(order[start:start + window], key=lambda i: lengths[i]))
-    batches = [ordered[i:i + batch_size] for i in range(0, n, batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
 # --------------------------------------------------------------------------- the trainer
 class MaskedLMTrainer:
     """One ``mlm`` stage: trains ``run.model.encoder`` with a temporary MLM head."""
 
     def __init__(self, options: "MaskedLM", run: Any, index: int, label: str):
-        from mtbert.engine.device import use_fused_adamw
         from mtbert.engine.seeding import derive_seed
-        from mtbert.engine.trainer import lr_lambda
         from mtbert.model.tokenizer import BertTokenizer
 
         self.options = options
@@ -293,14 +119,13 @@ class MaskedLMTrainer:
         self.generator.manual_seed(derive_seed(recipe.seed, "mlm", index))
 
         self.parameters = self._parameters()
-        self.optimizer = self._optimizer(use_fused_adamw(self.device))
+        groups = decay_groups(self.parameters, options.lr, options.weight_decay, "mlm")
+        self.optimizer = adamw(groups, self.device, recipe.optim.betas, recipe.optim.eps, lr=options.lr)
         self.steps_per_epoch = math.ceil(len(self.sequences) / options.batch_size)
         self.total_steps = self.steps_per_epoch * options.epochs
         if options.max_steps is not None:
             self.total_steps = min(self.total_steps, options.max_steps)
-        warmup = int(round(options.warmup * self.total_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lr_lambda("linear-warmup", self.total_steps, warmup))
+        self.scheduler = build_scheduler(self.optimizer, "linear-warmup", self.total_steps, options.warmup)
 
         self.epoch = 0
         self.position = 0
@@ -335,24 +160,6 @@ class MaskedLMTrainer:
                     named.append((f"{prefix}.{name}", p))
         return named
 
-    def _optimizer(self, fused: bool) -> torch.optim.Optimizer:
-        options, optim = self.options, self.run.recipe.optim
-
-        def decays(name: str, p: nn.Parameter) -> bool:
-            return p.ndim >= 2 and "norm" not in name.lower()
-
-        groups = [
-            {"params": [p for n, p in self.parameters if decays(n, p)], "weight_decay": options.weight_decay},
-            {"params": [p for n, p in self.parameters if not decays(n, p)], "weight_decay": 0.0},
-        ]
-        kwargs = {"lr": options.lr, "betas": tuple(optim.betas), "eps": optim.eps}
-        if fused:
-            try:
-                return torch.optim.AdamW(groups, fused=True, **kwargs)
-            except (RuntimeError, TypeError, ValueError):
-                pass
-        return torch.optim.AdamW(groups, foreach=self.device.type != "cpu", **kwargs)
-
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"stage_index": self.stage_index, "stage": "mlm", "done": self.done,
@@ -362,10 +169,7 @@ class MaskedLMTrainer:
             return state
         state.update({
             "position": self.position,
-            "plan": None if self.plan is None else {
-                "order": torch.tensor([i for b in self.plan for i in b], dtype=torch.long),
-                "sizes": torch.tensor([len(b) for b in self.plan], dtype=torch.long),
-            },
+            "plan": None if self.plan is None else dict(zip(("order", "sizes"), pack_batches(self.plan))),
             "sentences": len(self.sequences),
             "epoch_sums": dict(self.epoch_sums),
             "log_sums": dict(self.log_sums),
@@ -386,14 +190,7 @@ class MaskedLMTrainer:
                                   f"{len(self.sequences)}; the training data changed since the run started")
         self.step, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
         plan = state["plan"]
-        if plan is None:
-            self.plan = None
-        else:
-            order, sizes = plan["order"].tolist(), plan["sizes"].tolist()
-            offsets = [0]
-            for size in sizes:
-                offsets.append(offsets[-1] + size)
-            self.plan = [order[offsets[i]:offsets[i + 1]] for i in range(len(sizes))]
+        self.plan = None if plan is None else unpack_batches(plan["order"], plan["sizes"])
         self.epoch_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
         self.log_sums = {k: float(v) for k, v in state["log_sums"].items()}
         self.optimizer.load_state_dict(state["optimizer"])
@@ -461,8 +258,6 @@ class MaskedLMTrainer:
         self.log_sums = {"loss": 0.0, "correct": 0.0, "masked": 0.0}
 
     def _save_and_stop(self) -> None:
-        from mtbert.engine.trainer import RunInterrupted
-
         self.run.save_last(self)
         raise RunInterrupted(self.run.interrupt_message())
 
@@ -476,7 +271,7 @@ class MaskedLMTrainer:
         params = [p for _, p in self.parameters]
         while self.epoch < options.epochs and self.step < self.total_steps:
             if self.plan is None:
-                self.plan = plan_epoch(self.lengths, options.batch_size, self.generator, self.bucket)
+                self.plan = plan_batches(self.lengths, options.batch_size, self.generator, self.bucket)
                 self.position = 0
                 self.epoch_sums = {"loss": 0.0, "correct": 0.0, "masked": 0.0}
             steps = min(len(self.plan), self.position + self.total_steps - self.step)

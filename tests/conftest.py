@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,33 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+def random_tiny_recipe(name: str, seed: int, tasks: dict[str, dict[str, Any]], *, optim: dict[str, Any] | None = None,
+                       train: dict[str, Any] | None = None, model: dict[str, Any] | None = None, middle: str = "",
+                       tail: str = "") -> str:
+    """A recipe's TOML text on the random tiny BERT (``random:tiny``) and slices of the real data.
+
+    ``tasks`` maps each task to its keys (``train_limit``...); ``optim`` and ``train`` change
+    the defaults (lr 1e-3, 1 epoch, batch 16; no progress bar); ``middle`` is TOML text placed
+    after the tasks (components), ``tail`` after ``[train]``.
+    """
+    from mtbert.sweep import toml_literal
+
+    def literal(value: Any) -> str:  # inline tables for component tables: head = { name = ... }
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {literal(v)}" for k, v in value.items()) + " }"
+        return toml_literal(value)
+
+    def keys(table: dict[str, Any]) -> str:
+        return "".join(f"{key} = {literal(value)}\n" for key, value in table.items())
+
+    text = f'name = "{name}"\nseed = {seed}\n\n[model]\ncheckpoint = "random:tiny"\n' + keys(model or {})
+    text += "".join(f"\n[tasks.{task}]\n" + keys(values) for task, values in tasks.items())
+    text += middle
+    text += "\n[optim]\n" + keys({"lr": 1e-3, "epochs": 1, "batch_size": 16, **(optim or {})})
+    text += "\n[train]\n" + keys({"progress": False, **(train or {})})
+    return text + tail
 
 
 def find_data_dir() -> Path | None:

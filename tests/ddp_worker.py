@@ -25,7 +25,7 @@ def main() -> None:
     import mtbert.engine.run as engine_run
     from mtbert import hookimpl
     from mtbert.engine.checkpoint import save_weights
-    from mtbert.engine.trainer import RunInterrupted
+    from mtbert.errors import RunInterrupted
     from mtbert.plugins import load_plugins
     from mtbert.recipe import load_recipe
 

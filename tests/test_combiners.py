@@ -25,7 +25,7 @@ import mtbert_plugins.combiner_mean as mean_module
 import mtbert_plugins.combiner_uncertainty as uncertainty_module
 import mtbert_plugins.combiner_weights as weights_module
 from mtbert.engine.checkpoint import join_tensors, split_tensors
-from mtbert.engine.model import MultitaskModel
+from mtbert.engine.multitask_model import MultitaskModel
 from mtbert.errors import MtbertError, RecipeError
 from mtbert.model.bert import BertEncoder
 from mtbert.model.config import BertConfig

@@ -15,31 +15,10 @@ from click.testing import CliRunner
 
 from mtbert.cli import cli
 from mtbert.compare import RunRecord, compare, differing_keys
+from conftest import random_tiny_recipe
 
-BASE = """\
-name = "cmp"
-seed = 5
-
-[model]
-checkpoint = "random:tiny"
-
-[tasks.sst]
-train_limit = 32
-dev_limit = 32
-[tasks.sts]
-train_limit = 32
-dev_limit = 32
-
-[optim]
-lr = 1e-3
-epochs = 2
-batch_size = 16
-
-[train]
-progress = false
-predict = false
-threads = 1
-"""
+BASE = random_tiny_recipe("cmp", 5, {"sst": {"train_limit": 32, "dev_limit": 32}, "sts": {"train_limit": 32, "dev_limit": 32}},
+                          optim={"epochs": 2}, train={"predict": False, "threads": 1})
 
 PCGRAD = """\
 include = "base.toml"

@@ -26,47 +26,27 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from mtbert.engine import distributed
-from mtbert.engine.data import TaskStream
+from mtbert.engine.batches import TaskStream
 from mtbert.engine.distributed import Distributed, check_batch_sizes, shard, with_global_value
 from mtbert.engine.run import _check_data_parallel_stages, run_recipe
 from mtbert.errors import RecipeError
 from mtbert.recipe import load_recipe
+from conftest import random_tiny_recipe
 
 TESTS = Path(__file__).resolve().parent
 
 # 39 and 37 training rows in batches of 12: the last batches hold 3 rows (shards of 2 and 1:
 # unequal shares) and 1 row (rank 1's shard is empty: it trains on a stand-in with share 0).
-RECIPE = """\
-name = "{name}"
-seed = 3
+HEAD = {"head": {"name": "linear", "dropout": 0.0}}
 
-[model]
-checkpoint = "random:tiny"
-hidden_dropout = 0.0
-attention_dropout = 0.0
 
-[tasks.sst]
-head = {{ name = "linear", dropout = 0.0 }}
-train_limit = 39
-dev_limit = 16
+def recipe_text(name: str, epochs: int, extra: str = "") -> str:
+    return random_tiny_recipe(
+        name, 3, {"sst": {**HEAD, "train_limit": 39, "dev_limit": 16}, "sts": {**HEAD, "train_limit": 37, "dev_limit": 16}},
+        model={"hidden_dropout": 0.0, "attention_dropout": 0.0},
+        optim={"lr": 0.05, "eps": 1.0, "epochs": epochs, "batch_size": 12, "warmup": 0.0},
+        train={"predict": False, "device": "cpu"}, tail=extra)
 
-[tasks.sts]
-head = {{ name = "linear", dropout = 0.0 }}
-train_limit = 37
-dev_limit = 16
-
-[optim]
-lr = 0.05
-eps = 1.0
-epochs = {epochs}
-batch_size = 12
-warmup = 0.0
-
-[train]
-progress = false
-predict = false
-device = "cpu"
-{extra}"""
 
 # Learned loss weights (their parameters are averaged across processes, the heads' summed).
 UNCERTAINTY = """
@@ -203,12 +183,12 @@ def test_batch_sizes_smaller_than_the_world_are_refused():
 
 
 def test_stages_without_data_parallel_support_are_refused(builtin_plugins, write_recipe, data_dir):
-    text = RECIPE.format(name="stages", epochs=1, extra="") + '\n[[stages]]\nname = "mlm"\n\n[[stages]]\nname = "multitask"\n'
+    text = recipe_text("stages", 1, "") + '\n[[stages]]\nname = "mlm"\n\n[[stages]]\nname = "multitask"\n'
     recipe = load_recipe(write_recipe(text), [f"data.dir={json.dumps(str(data_dir))}"], builtin_plugins)
     _check_data_parallel_stages(recipe, 1)
     with pytest.raises(RecipeError, match=r"stages\[0\]: stage 'mlm' .* does not support data parallelism"):
         _check_data_parallel_stages(recipe, 2)
-    plain = load_recipe(write_recipe(RECIPE.format(name="plain", epochs=1, extra=""), "plain.toml"), [], builtin_plugins)
+    plain = load_recipe(write_recipe(recipe_text("plain", 1, ""), "plain.toml"), [], builtin_plugins)
     _check_data_parallel_stages(plain, 2)
 
 
@@ -256,7 +236,7 @@ def test_torchrun_plain_path_matches_one_process(builtin_plugins, write_recipe, 
                                                  monkeypatch, one_thread):
     """The real command line, ``torchrun --nproc_per_node=2 -m mtbert run RECIPE``: the plain path
     (one backward of the summed loss) with the uncertainty combiner."""
-    recipe = write_recipe(RECIPE.format(name="plain", epochs=1, extra=UNCERTAINTY), "plain.toml")
+    recipe = write_recipe(recipe_text("plain", 1, UNCERTAINTY), "plain.toml")
     _torchrun(["-m", "mtbert", "run", str(recipe), "--out", str(tmp_path / "ddp"),
                "--set", f"data.dir={json.dumps(str(data_dir))}"], tmp_path)
     _single(recipe, data_dir, builtin_plugins, tmp_path / "one", monkeypatch, tmp_path)
@@ -278,7 +258,7 @@ def test_torchrun_pcgrad_path_stops_resumes_and_matches_one_process(builtin_plug
                                                                     minilm_dir, tmp_path, monkeypatch, one_thread):
     """The per-task path (PCGrad, GradNorm), 2 epochs, stopped after step 3 by rank 0 alone, resumed
     by both processes: the end matches one uninterrupted process."""
-    recipe = write_recipe(RECIPE.format(name="pcgrad", epochs=2, extra=PCGRAD), "pcgrad.toml")
+    recipe = write_recipe(recipe_text("pcgrad", 2, PCGRAD), "pcgrad.toml")
     _torchrun([str(TESTS / "ddp_worker.py"), str(recipe), str(tmp_path / "ddp" / "run"), str(data_dir), "3"], tmp_path)
     _single(recipe, data_dir, builtin_plugins, tmp_path / "one", monkeypatch, tmp_path)
 

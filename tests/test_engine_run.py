@@ -12,33 +12,10 @@ from safetensors.torch import load_file
 from mtbert.engine.run import run_recipe
 from mtbert.model.backbone import load_backbone
 from mtbert.recipe import load_recipe
+from conftest import random_tiny_recipe
 
-TINY = """\
-# Run: mtbert run recipes/x.toml
-name = "tiny"
-seed = 7
-
-[model]
-checkpoint = "random:tiny"
-
-[tasks.sst]
-train_limit = 64
-dev_limit = 48
-test_limit = 16
-
-[tasks.sts]
-train_limit = 64
-dev_limit = 48
-test_limit = 16
-
-[optim]
-lr = 1e-3
-epochs = 2
-batch_size = 16
-
-[train]
-progress = false
-"""
+LIMITS = {"train_limit": 64, "dev_limit": 48, "test_limit": 16}
+TINY = "# Run: mtbert run recipes/x.toml\n" + random_tiny_recipe("tiny", 7, {"sst": LIMITS, "sts": LIMITS}, optim={"epochs": 2})
 
 
 def quiet(_message: str) -> None:

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mtbert.engine.checkpoint import (
-    atomic_write_json,
     join_tensors,
     load_training_state,
     load_weights,
@@ -32,7 +31,7 @@ from mtbert.engine.checkpoint import (
     split_tensors,
 )
 from mtbert.engine.components import Batch, EncodedExamples, Features
-from mtbert.engine.data import (
+from mtbert.engine.batches import (
     BUCKET_WINDOW,
     SplitData,
     TaskData,
@@ -57,8 +56,9 @@ from mtbert.engine.heads import (
 from mtbert.engine.progress import Progress, _clock
 from mtbert.engine.sampling import SeededSampler
 from mtbert.engine.seeding import derive_seed
-from mtbert.engine.trainer import build_optimizer, lr_lambda
+from mtbert.engine.optim import build_optimizer, lr_lambda
 from mtbert.errors import CheckpointError, DataError
+from mtbert.files import atomic_write_json
 from mtbert.recipe import OptimSection, TaskSection
 from mtbert_plugins.combiner_basic import Sum
 from mtbert_plugins.head_linear import LinearHead

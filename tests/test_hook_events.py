@@ -11,7 +11,7 @@ import json
 import pytest
 
 from mtbert import hookimpl
-from mtbert.engine.trainer import RunInterrupted
+from mtbert.errors import RunInterrupted
 from mtbert.testing import TINY_TASK_NAMES, run_tiny_recipe, tiny_examples, tiny_plugins, tiny_recipe_table
 
 

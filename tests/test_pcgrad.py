@@ -4,7 +4,7 @@ The projection is checked against hand-computed values (conflicting, non-conflic
 3-D, both orders of a three-task case) and against a plain float64 reference written here from
 the paper's Algorithm 1; ``sum`` is 2 x ``mean`` for two tasks; zero-gradient tasks give no NaN;
 the logged conflict rate; reproducible randomness across a state round trip; and, through the
-engine's own ``_backward``/``_apply_transforms`` on a tiny BERT with two heads, that only the
+engine's own ``_backward`` and ``apply_transforms`` on a tiny BERT with two heads, that only the
 shared gradients are projected while every head keeps plain backprop's gradient.
 """
 
@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 import mtbert_plugins.transform_pcgrad as pcgrad_module
 from mtbert.engine.checkpoint import join_tensors, split_tensors
 from mtbert.engine.components import EncodedExamples
-from mtbert.engine.gradients import SharedGradients
-from mtbert.engine.model import MultitaskModel
+from mtbert.engine.gradients import SharedGradients, apply_transforms
+from mtbert.engine.multitask_model import MultitaskModel
 from mtbert.engine.trainer import MultitaskTrainer
 from mtbert.errors import RecipeError
 from mtbert.model.bert import BertEncoder
@@ -305,7 +305,8 @@ def test_engine_projects_shared_gradients_only_and_heads_get_plain_backprop(accu
     for batches in micro:
         combined = Sum().build(["sst", "sts"], model).combine(_losses(model, batches))
         trainer._backward(("sst", "sts"), combined)
-    logs = trainer._apply_transforms(["sst", "sts"])
+    logs = apply_transforms(trainer.transforms, trainer.grads, trainer.task_grads, trainer.task_names, ["sst", "sts"],
+                            trainer.trainable)
 
     for name, p in model.heads.named_parameters():
         assert torch.equal(p.grad, plain_heads[name]), name  # heads untouched: exactly plain backprop

@@ -135,6 +135,26 @@ def test_include_merges_and_child_wins(write_recipe, builtin_plugins):
     assert list(recipe.tasks) == ["sst", "sts"]
 
 
+def test_include_a_component_whose_name_changes_replaces_the_included_one(write_recipe, builtin_plugins):
+    # linear's pair option must not leak into cosine (which has none: "pair: unknown key" at a
+    # line holding no pair), and a same-named table still merges its options.
+    write_recipe(BASE + '\n[tasks.sts.head]\nname = "linear"\npair = ["u", "v"]\ndropout = 0.3\n'
+                 '\n[tasks.sst.head]\nname = "linear"\ndropout = 0.3\n', name="base.toml")
+    child = write_recipe('include = "base.toml"\n\n[tasks.sts.head]\nname = "cosine"\n'
+                         '\n[tasks.sst.head]\nname = "linear"\npooling = "cls"\n', name="child.toml")
+    recipe = load_recipe(child, [], builtin_plugins)
+    sts, sst = recipe.tasks["sts"].head, recipe.tasks["sst"].head
+    assert sts.name == "cosine" and sts.options == type(sts.options)()  # cosine with its own defaults
+    assert sst.name == "linear" and sst.options.pooling == "cls" and sst.options.dropout == 0.3  # merged
+
+
+def test_a_recipe_under_its_old_folder_still_loads_with_a_warning(builtin_plugins, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.warns(FutureWarning, match=r"recipes/seeds/ is now recipes/reports/"):
+        recipe = load_recipe(Path("recipes/seeds/000-chan-rr-cosine.toml"), [], builtin_plugins)
+    assert recipe.source == str(Path("recipes/reports/000-chan-rr-cosine.toml"))
+
+
 def test_include_cycle_and_missing_include(write_recipe, builtin_plugins):
     write_recipe('include = "b.toml"\n' + BASE, name="a.toml")
     b = write_recipe('include = "a.toml"\n', name="b.toml")

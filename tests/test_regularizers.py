@@ -24,7 +24,7 @@ import mtbert_plugins.regularizer_smart as smart_module
 from mtbert.data.readers import Example
 from mtbert.engine.components import PenaltyContext
 from mtbert.engine.heads import TaskHeadModule
-from mtbert.engine.model import MultitaskModel
+from mtbert.engine.multitask_model import MultitaskModel
 from mtbert.errors import RecipeError
 from mtbert.model.bert import BertEncoder
 from mtbert.model.config import BertConfig

@@ -20,26 +20,13 @@ import torch
 from mtbert import hookimpl
 from mtbert.metrics import confusion_matrix
 from mtbert_plugins import review_tensorboard as review
+from conftest import random_tiny_recipe
 
 TASKS = ("sst", "para", "sts")
 
-RECIPE = """\
-name = "review"
-seed = 3
-
-[model]
-checkpoint = "random:tiny"
-
-[tasks.sst]
-train_limit = 64
-dev_limit = 48
-[tasks.para]
-train_limit = 64
-dev_limit = 48
-[tasks.sts]
-train_limit = 64
-dev_limit = 48
-
+LIMITS = {"train_limit": 64, "dev_limit": 48}
+RECIPE = random_tiny_recipe("review", 3, {task: LIMITS for task in TASKS}, optim={"lr": 3e-4, "epochs": 2},
+                            train={"predict": False, "log_every": 1, "threads": 1}, middle="""
 [sampler]
 name = "round-robin"
 step = "all-tasks"
@@ -54,18 +41,7 @@ name = "pcgrad"
 [[regularizers]]
 name = "smart"
 weight = 1.0
-
-[optim]
-lr = 3e-4
-epochs = 2
-batch_size = 16
-
-[train]
-progress = false
-predict = false
-log_every = 1
-threads = 1
-"""
+""")
 
 
 class Recorder:
@@ -205,7 +181,7 @@ def test_hparams_are_the_recipe_values_written_into_the_run_itself(reviewed_run)
     assert hp["optim.betas"].string_value == "[0.9, 0.999]"
     assert hp["train.predict"].string_value == "false"
     assert "model.hidden_dropout" not in hp  # unset values are left out
-    assert set(hp) == set(review.flatten_recipe(recipe.to_dict()))
+    assert set(hp) == set(review.recipe_hparams(recipe.to_dict()))
     end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
     assert end.status == api_pb2.STATUS_SUCCESS
 
@@ -278,8 +254,8 @@ def test_digit_glyphs_are_distinct_and_wide_counts_fit_their_cell():
     assert image.shape[0] == cell // 2 + 4 + 2 * cell
 
 
-def test_flatten_recipe_gives_dashboard_values():
-    flat = review.flatten_recipe({
+def test_recipe_hparams_gives_dashboard_values():
+    flat = review.recipe_hparams({
         "name": "x", "seed": 3, "optim": {"lr": 1e-5, "betas": [0.9, 0.99]}, "model": {"hidden_dropout": None},
         "train": {"progress": False}, "regularizers": [{"name": "smart", "tasks": ["sst"]}], "gradient_transforms": [],
     })

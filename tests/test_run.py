@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from mtbert import hookimpl
 from mtbert.cli import cli
 from mtbert.engine.run import run_recipe
-from mtbert.engine.trainer import RunInterrupted
+from mtbert.errors import RunInterrupted
 from mtbert.plugins import load_plugins, set_plugins
 from mtbert.recipe import load_recipe
 

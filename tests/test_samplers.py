@@ -38,6 +38,7 @@ from mtbert_plugins.sampler_proportional import Proportional
 from mtbert_plugins.sampler_random_subset import RandomSubset, subset_size
 from mtbert_plugins.sampler_temperature import Temperature, annealed_temperature, task_probabilities
 from mtbert_plugins.sampler_upsample import Upsample
+from conftest import random_tiny_recipe
 
 B = {"sst": 7, "para": 50, "sts": 4}  # batches per full pass, recipe order sst, para, sts
 ALL = ("sst", "para", "sts")
@@ -463,32 +464,9 @@ def test_invalid_options_are_one_line_recipe_errors(sampler_plugins, sampler, ex
 
 
 # =========================================================================== inside a real (tiny) run
-TINY = """\
-name = "tiny-sampler"
-seed = 7
-
-[model]
-checkpoint = "random:tiny"
-
-[tasks.sst]
-train_limit = 32
-dev_limit = 16
-test_limit = 8
-
-[tasks.sts]
-train_limit = 16
-dev_limit = 16
-test_limit = 8
-
-[optim]
-lr = 1e-3
-epochs = 1
-batch_size = 16
-
-[train]
-progress = false
-predict = false
-"""
+TINY = random_tiny_recipe("tiny-sampler", 7, {"sst": {"train_limit": 32, "dev_limit": 16, "test_limit": 8},
+                                               "sts": {"train_limit": 16, "dev_limit": 16, "test_limit": 8}},
+                          train={"predict": False})
 
 
 @pytest.mark.parametrize("sampler, steps", [

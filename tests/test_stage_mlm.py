@@ -17,9 +17,9 @@ from mtbert import hookimpl
 from mtbert.model.bert import BertEncoder
 from mtbert.model.config import BertConfig
 from mtbert_plugins import head_pair_classifier, stage_mlm
-from mtbert_plugins.stage_mlm import (
-    IGNORE_INDEX, MaskedLM, MaskedLMHead, MaskedLMTrainer, mask_tokens, plan_epoch, tokenize_unique, training_texts,
-)
+from mtbert.engine.batches import plan_batches
+from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
+from mtbert_plugins.stage_mlm import MaskedLM, MaskedLMTrainer, training_texts
 
 MINE = [("stage-mlm", stage_mlm), ("head-pair-classifier", head_pair_classifier)]
 
@@ -195,7 +195,7 @@ def test_training_texts_take_both_sentences_once():
 def test_epoch_plan_covers_every_sentence_once():
     lengths = [int(x) for x in torch.randint(3, 40, (103,))]
     for bucket in (False, True):
-        batches = plan_epoch(lengths, 8, torch.Generator().manual_seed(0), bucket)
+        batches = plan_batches(lengths, 8, torch.Generator().manual_seed(0), bucket)
         assert sorted(i for b in batches for i in b) == list(range(103)) and len(batches) == 13
 
 
@@ -234,7 +234,7 @@ class Recorder:
 
 
 def built_run(tmp_path, plugins, table):
-    from mtbert.engine.run import RunContext
+    from mtbert.engine.context import RunContext
     from mtbert.recipe import validate
 
     lines: list[str] = []
@@ -355,7 +355,7 @@ def e2e_table(data_dir):
 
 def test_short_real_recipe_and_resume_in_the_middle_of_the_mlm_stage(tmp_path, data_dir, minilm_dir, plugins_with):
     from mtbert.engine.run import run_recipe
-    from mtbert.engine.trainer import RunInterrupted
+    from mtbert.errors import RunInterrupted
     from mtbert.recipe import validate
 
     def quiet(_):

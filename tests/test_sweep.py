@@ -15,38 +15,18 @@ from hypothesis import strategies as st
 from mtbert.cli import cli
 from mtbert.errors import RecipeError
 from mtbert.recipe import parse_override
-from mtbert.sweep import check_sweep_table, grid_variants, parse_grid, split_values, toml_literal
+from mtbert.recipe import check_sweep_table
+from mtbert.sweep import grid_variants, parse_grid, split_values, toml_literal
+from conftest import random_tiny_recipe
 
-RECIPE = """\
-name = "sw"
-seed = 5
-
-[model]
-checkpoint = "random:tiny"
-
-[tasks.sst]
-train_limit = 32
-dev_limit = 32
-[tasks.sts]
-train_limit = 32
-dev_limit = 32
-
-[optim]
-lr = 1e-3
-epochs = 1
-batch_size = 16
-
-[train]
-progress = false
-predict = false
-threads = 1
-
+RECIPE = random_tiny_recipe("sw", 5, {"sst": {"train_limit": 32, "dev_limit": 32}, "sts": {"train_limit": 32, "dev_limit": 32}},
+                            train={"predict": False, "threads": 1}, tail="""
 [sweep]
 metric = "mean"
 [sweep.space]
 "optim.lr" = { low = 1e-4, high = 1e-2, log = true }
 "sampler.name" = { choices = ["round-robin", "upsample"] }
-"""
+""")
 
 
 @pytest.fixture

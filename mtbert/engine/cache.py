@@ -33,7 +33,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -41,6 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mtbert.engine.components import EncodedExamples
+from mtbert.files import atomic_path, file_sha1
 
 #: Bump when the entry layout changes.
 CACHE_VERSION = 1
@@ -54,14 +54,6 @@ _tokenizer_keys: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.Weak
 def cache_dir() -> Path:
     """Where entries live: ``$MTBERT_CACHE_DIR``, else ``.mtbert-cache`` in the working folder."""
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
-
-
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _source_hash(obj: Any) -> str | None:
@@ -221,16 +213,8 @@ def save_entry(path: Path, key: dict[str, Any], encoded: EncodedExamples) -> Non
         "ids": json.dumps(list(encoded.ids)),
         "labels": json.dumps(list(encoded.labels)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; entries are as readable as other files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, mode=0o644) as tmp:  # 0644: entries are as readable as other files
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_entry(path: Path, key: dict[str, Any]) -> EncodedExamples:

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mtbert.errors import CheckpointError
+from mtbert.files import atomic_path
 
 TENSOR_TAG = "__tensor__"
 DICT_TAG = "__dict__"
@@ -67,28 +68,6 @@ def join_tensors(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def _state_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage (tied weights): store independent contiguous copies.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -96,16 +75,8 @@ def _state_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
     """Write a state dict as safetensors atomically, JSON metadata in the header."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        meta = {"mtbert": json.dumps(metadata or {})}
-        save_file(_state_tensors(state), tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(_state_tensors(state), str(tmp), metadata={"mtbert": json.dumps(metadata or {})})
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -196,7 +196,7 @@ class LossCombiner(Protocol):
     requires_step_mode: StepMode | None
 
     def build(self, task_names: list[str], model: nn.Module) -> LossCombinerState:
-        """``model`` is the :class:`~mtbert.engine.model.MultitaskModel`: ``model.shared_parameters()``,
+        """``model`` is the :class:`~mtbert.engine.multitask_model.MultitaskModel`: ``model.shared_parameters()``,
         ``model.encoder.layers[-1]`` (the last shared layer, GradNorm's default W)."""
 
 
@@ -244,7 +244,3 @@ class Regularizer(Protocol):
 class Stage(Protocol):
     def run(self, run: Any, index: int, name: str) -> dict[str, float]:
         """Train ``run.model`` in place; ``index`` is the stage's position in the recipe."""
-
-
-def no_logs() -> dict[str, float]:
-    return {}

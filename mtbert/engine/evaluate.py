@@ -8,11 +8,13 @@ has no main task it averages the primary scores of the tasks it has.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtbert.engine.data import TaskData, eval_batches
+from mtbert.engine.checkpoint import load_weights
+from mtbert.engine.batches import TaskData, eval_batches
 from mtbert.engine.device import autocast
 
 
@@ -66,3 +68,16 @@ def evaluate(
     if mean is not None:
         metrics["mean"] = mean
     return metrics, outputs
+
+
+def write_predictions(model: Any, tasks: dict[str, TaskData], weights: Path, out: Path, *, device: torch.device,
+                      precision: str, batch_size: int) -> Path:
+    """Dev and test predictions of ``weights`` (the best checkpoint) in the tasks' submission format."""
+    state, _ = load_weights(weights)
+    model.load_state_dict(state)
+    for split in ("dev", "test"):
+        _, outputs = evaluate(model, tasks, split, device=device, precision=precision, batch_size=batch_size)
+        for name, (ids, predictions) in outputs.items():
+            spec = tasks[name].spec
+            spec.write_predictions(out / spec.prediction_filename(split), ids, predictions)
+    return out

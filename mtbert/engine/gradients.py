@@ -13,6 +13,8 @@ row: no copy and no zeroing per task.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -73,3 +75,45 @@ class SharedGradients:
             self.redirect(None)
         self.flat()
         self.buffer.copy_(vector)
+
+
+def apply_transforms(transforms: list[tuple[Any, Any]], grads: SharedGradients | None, task_grads: torch.Tensor | None,
+                     task_names: list[str], tasks_seen: list[str], trainable: list[torch.nn.Parameter]) -> dict[str, float]:
+    """Run the recipe's gradient transforms, in order, on this optimizer step's gradients.
+
+    ``task_grads`` is the ``[tasks, params]`` buffer of the per-task path (None otherwise): a
+    per-task transform gets the rows of ``tasks_seen``, later ones their sum. The result ends in
+    the shared parameters' ``.grad`` (through ``grads``); the per-task buffer is zeroed.
+    """
+    logs: dict[str, float] = {}
+    if task_grads is not None and grads is not None:
+        rows = [task_names.index(t) for t in tasks_seen]
+        # Every task in recipe order (the all-tasks case): the buffer itself, no copy.
+        current: torch.Tensor = task_grads if rows == list(range(len(task_names))) else task_grads[rows]
+    else:
+        current = None
+    for spec, transform in transforms:
+        needs = getattr(transform, "needs", "summed")
+        if needs == "per-task":
+            current = transform.apply(current, tasks=tasks_seen)
+            if current.dim() == 2:  # a transform may keep per-task rows; later ones see their sum
+                current = current.sum(dim=0)
+            grads.assign(current)
+            current = None
+        elif needs == "summed" and grads is not None:
+            if current is not None:
+                grads.assign(current.sum(dim=0))
+                current = None
+            grads.assign(transform.apply(grads.flat().clone(), tasks=tasks_seen))
+        elif needs == "parameters":
+            if current is not None:
+                grads.assign(current.sum(dim=0))
+                current = None
+            transform.apply(trainable, tasks=tasks_seen)
+        for key, value in transform.logs().items():
+            logs[f"{spec.name}/{key}"] = value
+    if current is not None:
+        grads.assign(current.sum(dim=0))
+    if task_grads is not None:
+        task_grads.zero_()
+    return logs

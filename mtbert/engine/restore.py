@@ -15,9 +15,9 @@ import attrs
 import torch
 
 from mtbert.engine.checkpoint import load_weights
-from mtbert.engine.data import TaskData
+from mtbert.engine.batches import TaskData
 from mtbert.engine.device import choose_device
-from mtbert.engine.run import build_model
+from mtbert.engine.multitask_model import build_model
 from mtbert.errors import CheckpointError
 from mtbert.plugins import Plugins
 from mtbert.recipe import DATA_DIR_ENV, Recipe, load_recipe
@@ -74,7 +74,7 @@ def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> R
         name: TaskData(name=name, spec=t.spec, input_format=t.input.options, input_format_name=t.input.name)
         for name, t in recipe.tasks.items()
     }
-    model = build_model(recipe, encoder, tasks)
+    model = build_model(recipe, encoder)
     for spec in recipe.regularizers:  # regularizers such as mixout change the module structure
         spec.options.build().setup(model)
     state, meta = load_weights(best_path)

@@ -1,4 +1,4 @@
-"""The multitask training loop: the extension points of DESIGN.md in the order they act.
+"""The multitask training loop: the extension points (CONTRIBUTING.md, "Component contracts") in the order they act.
 
 One optimizer step::
 
@@ -28,68 +28,20 @@ from typing import Any
 
 import torch
 
+from mtbert.engine.batches import TaskStream
 from mtbert.engine.components import PenaltyContext
-from mtbert.engine.data import TaskStream
-from mtbert.engine.device import autocast, use_fused_adamw
+from mtbert.engine.device import autocast
 from mtbert.engine.distributed import Distributed, with_global_value
-from mtbert.engine.gradients import SharedGradients
+from mtbert.engine.gradients import SharedGradients, apply_transforms
+from mtbert.engine.optim import build_optimizer, build_scheduler
 from mtbert.engine.progress import Progress
 from mtbert.engine.seeding import derive_seed
-from mtbert.errors import MtbertError
-
-
-class RunInterrupted(MtbertError):
-    """Training stopped on request (Ctrl-C or a plugin); the state was saved for --resume."""
+from mtbert.errors import MtbertError, RunInterrupted
 
 
 def _state_of(component: Any) -> dict[str, Any]:
     """A component's checkpoint state, for those that keep one (optional ``state_dict``)."""
     return component.state_dict() if hasattr(component, "state_dict") else {}
-
-
-def lr_lambda(schedule: str, total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if schedule == "constant":
-            return 1.0
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant-warmup":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        if schedule == "cosine-warmup":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return max(0.0, 1.0 - progress)  # linear-warmup: linear decay to 0
-
-    return factor
-
-
-def build_optimizer(
-    model: Any, optim: Any, extra_params: list[torch.nn.Parameter], device: torch.device, extra_lr: float | None = None
-):
-    """AdamW with no weight decay on biases and LayerNorm weights; heads may have their own lr."""
-    groups = []
-
-    def split(params: list[tuple[str, torch.nn.Parameter]], lr: float, label: str) -> None:
-        decay = [p for n, p in params if p.requires_grad and p.ndim >= 2 and "LayerNorm" not in n and "norm" not in n.lower()]
-        no_decay = [p for n, p in params if p.requires_grad and not (p.ndim >= 2 and "LayerNorm" not in n and "norm" not in n.lower())]
-        if decay:
-            groups.append({"params": decay, "lr": lr, "weight_decay": optim.weight_decay, "name": f"{label}"})
-        if no_decay:
-            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{label}-no-decay"})
-
-    split(list(model.encoder.named_parameters()), optim.lr, "encoder")
-    split(list(model.heads.named_parameters()), optim.head_lr or optim.lr, "heads")
-    if extra_params:
-        groups.append({"params": extra_params, "lr": extra_lr or optim.head_lr or optim.lr, "weight_decay": 0.0,
-                       "name": "combiner"})
-    kwargs = {"betas": tuple(optim.betas), "eps": optim.eps}
-    if use_fused_adamw(device):
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):  # an older torch without fused AdamW here
-            pass
-    return torch.optim.AdamW(groups, foreach=device.type != "cpu", **kwargs)
 
 
 class MultitaskTrainer:
@@ -144,9 +96,8 @@ class MultitaskTrainer:
         if recipe.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, recipe.train.max_steps_per_epoch)
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / self.accumulation)
-        total = self.updates_per_epoch * epochs
-        warmup = int(round(recipe.optim.warmup * total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(recipe.optim.schedule, total, warmup))
+        self.scheduler = build_scheduler(self.optimizer, recipe.optim.schedule, self.updates_per_epoch * epochs,
+                                         recipe.optim.warmup)
 
         self.grads = SharedGradients(shared, self.device) if shared else None
         self.task_grads: torch.Tensor | None = None
@@ -155,6 +106,7 @@ class MultitaskTrainer:
         self.position = 0
         self.plan: list[tuple[str, ...]] | None = None
         self.micro = 0
+        self.tasks_seen: list[str] = []  # tasks whose gradients the next optimizer step holds
         self.bad_evals = 0
         self.stage_best: float | None = None
         self.log_sums: dict[str, float] = {}
@@ -272,40 +224,6 @@ class MultitaskTrainer:
             (combined.weighted[task] * scale).backward(retain_graph=k < len(tasks) - 1)
         self.grads.redirect(None)
 
-    def _apply_transforms(self, tasks_seen: list[str]) -> dict[str, float]:
-        logs: dict[str, float] = {}
-        if self.per_task and self.grads is not None:
-            rows = [self.task_names.index(t) for t in tasks_seen]
-            # Every task in recipe order (the all-tasks case): the buffer itself, no copy.
-            current: torch.Tensor = self.task_grads if rows == list(range(len(self.task_names))) else self.task_grads[rows]
-        else:
-            current = None
-        for spec, transform in self.transforms:
-            needs = getattr(transform, "needs", "summed")
-            if needs == "per-task":
-                current = transform.apply(current, tasks=tasks_seen)
-                if current.dim() == 2:  # a transform may keep per-task rows; later ones see their sum
-                    current = current.sum(dim=0)
-                self.grads.assign(current)
-                current = None
-            elif needs == "summed" and self.grads is not None:
-                if current is not None:
-                    self.grads.assign(current.sum(dim=0))
-                    current = None
-                self.grads.assign(transform.apply(self.grads.flat().clone(), tasks=tasks_seen))
-            elif needs == "parameters":
-                if current is not None:
-                    self.grads.assign(current.sum(dim=0))
-                    current = None
-                transform.apply(self.trainable, tasks=tasks_seen)
-            for key, value in transform.logs().items():
-                logs[f"{spec.name}/{key}"] = value
-        if current is not None:
-            self.grads.assign(current.sum(dim=0))
-        if self.task_grads is not None:
-            self.task_grads.zero_()
-        return logs
-
     def _reduce_gradients(self) -> None:
         """Sum this optimizer step's gradients over the processes (two flat all-reduces).
 
@@ -345,7 +263,8 @@ class MultitaskTrainer:
     def _optimizer_step(self, tasks_seen: list[str]) -> dict[str, float]:
         if self.dist.world_size > 1:
             self._reduce_gradients()
-        logs = self._apply_transforms(tasks_seen) if self.transforms else {}
+        logs = apply_transforms(self.transforms, self.grads, self.task_grads if self.per_task else None,
+                                self.task_names, tasks_seen, self.trainable) if self.transforms else {}
         self.optimizer.step()
         self.scheduler.step()
         self.combiner.after_step()
@@ -358,6 +277,46 @@ class MultitaskTrainer:
         if self.grads is not None:
             self.grads.rebind()
         return logs
+
+    def step(self, tasks: tuple[str, ...], *, end_of_epoch: bool = False) -> tuple[float, dict[str, float], bool]:
+        """One sampler step: the tasks' losses, the loss combiner, backward, and the optimizer step
+        when it completes ``optim.grad_accumulation`` steps (or the epoch).
+
+        Returns the total loss, the step's logs and whether the optimizer stepped (then
+        ``run.global_step`` has advanced). The loop of :meth:`train` and the benchmarks both
+        take their steps here.
+        """
+        losses: dict[str, torch.Tensor] = {}
+        logs: dict[str, float] = {}
+        task_logs: dict[str, dict[str, float]] = {}
+        shares: dict[str, float] = {}
+        for task in tasks:
+            losses[task], task_logs[task], shares[task] = self._task_loss(task)
+            logs.update(task_logs[task])
+        if self.dist.world_size > 1:
+            losses, logs = self._global_losses(losses, task_logs, shares)
+        combined = self.combiner.combine(losses)
+        self._backward(tasks, combined)
+        self.tasks_seen += [task for task in tasks if task not in self.tasks_seen]
+        total = float(combined.total.detach())
+        if not math.isfinite(total):
+            raise MtbertError(
+                f"training diverged: the loss became {total} at step {self.run.global_step + 1} "
+                f"(tasks {', '.join(tasks)}); lower optim.lr or add a clip-norm gradient transform"
+            )
+        logs["loss/total"] = total
+        for task, weight in combined.weights.items():
+            logs[f"weight/{task}"] = weight
+        logs.update({f"combiner/{k}": v for k, v in combined.logs.items()})
+        self.micro += 1
+        if self.micro % self.accumulation and not end_of_epoch:
+            return total, logs, False
+        logs.update(self._optimizer_step(self.tasks_seen))
+        self.tasks_seen = []
+        self.micro = 0
+        self.run.global_step += 1
+        logs["lr"] = self.scheduler.get_last_lr()[0]
+        return total, logs, True
 
     # ----------------------------------------------------------------- logging
     def _accumulate_logs(self, logs: dict[str, float]) -> None:
@@ -377,7 +336,6 @@ class MultitaskTrainer:
         recipe = self.recipe
         run.model.train()
         last_metrics: dict[str, float] = {}
-        tasks_seen: list[str] = []
         while self.epoch < self.epochs:
             if self.plan is None:
                 self.plan = self.sampler.epoch(self.epoch)[: self.steps_per_epoch]
@@ -390,56 +348,26 @@ class MultitaskTrainer:
             epoch_start = time.perf_counter()
             while self.position < len(self.plan):
                 tasks = self.plan[self.position]
-                losses: dict[str, torch.Tensor] = {}
-                step_logs: dict[str, float] = {}
-                task_logs: dict[str, dict[str, float]] = {}
-                shares: dict[str, float] = {}
-                for task in tasks:
-                    losses[task], task_logs[task], shares[task] = self._task_loss(task)
-                    step_logs.update(task_logs[task])
-                if self.dist.world_size > 1:
-                    losses, step_logs = self._global_losses(losses, task_logs, shares)
-                combined = self.combiner.combine(losses)
-                self._backward(tasks, combined)
-                for task in tasks:
-                    if task not in tasks_seen:
-                        tasks_seen.append(task)
-                total = float(combined.total.detach())
-                if not math.isfinite(total):
-                    raise MtbertError(
-                        f"training diverged: the loss became {total} at step {run.global_step + 1} "
-                        f"(tasks {', '.join(tasks)}); lower optim.lr or add a clip-norm gradient transform"
-                    )
-                step_logs["loss/total"] = total
-                for task, weight in combined.weights.items():
-                    step_logs[f"weight/{task}"] = weight
-                step_logs.update({f"combiner/{k}": v for k, v in combined.logs.items()})
                 self.position += 1
-                self.micro += 1
                 end_of_epoch = self.position >= len(self.plan)
-                if self.micro % self.accumulation == 0 or end_of_epoch:
-                    step_logs.update(self._optimizer_step(tasks_seen))
-                    tasks_seen = []
-                    self.micro = 0
-                    run.global_step += 1
-                    step_logs["lr"] = self.scheduler.get_last_lr()[0]
-                    self._accumulate_logs(step_logs)
-                    running_loss = total if running_loss is None else 0.95 * running_loss + 0.05 * total
-                    progress.update(1, loss=running_loss)
-                    run.hook.mtbert_on_step_end(run=run, step=run.global_step, logs=step_logs)
-                    if run.global_step % recipe.train.log_every == 0:
-                        run.log_train(self._flush_logs(), self.stage_name)
-                    if recipe.train.checkpoint_every and run.global_step % recipe.train.checkpoint_every == 0 and not end_of_epoch:
-                        run.save_last(self)
-                    if self.dist.any(run.stop_requested, self.device) and not run.stop_requested:
-                        run.request_stop("stop requested by another process")  # every process stops here
-                    if run.stop_requested and not end_of_epoch:
-                        progress.close()
-                        run.save_last(self)
-                        raise RunInterrupted(run.interrupt_message())
-                else:
-                    self._accumulate_logs(step_logs)
+                total, step_logs, stepped = self.step(tasks, end_of_epoch=end_of_epoch)
+                self._accumulate_logs(step_logs)
+                if not stepped:
                     progress.update(1, loss=total)
+                    continue
+                running_loss = total if running_loss is None else 0.95 * running_loss + 0.05 * total
+                progress.update(1, loss=running_loss)
+                run.hook.mtbert_on_step_end(run=run, step=run.global_step, logs=step_logs)
+                if run.global_step % recipe.train.log_every == 0:
+                    run.log_train(self._flush_logs(), self.stage_name)
+                if recipe.train.checkpoint_every and run.global_step % recipe.train.checkpoint_every == 0 and not end_of_epoch:
+                    run.save_last(self)
+                if self.dist.any(run.stop_requested, self.device) and not run.stop_requested:
+                    run.request_stop("stop requested by another process")  # every process stops here
+                if run.stop_requested and not end_of_epoch:
+                    progress.close()
+                    run.save_last(self)
+                    raise RunInterrupted(run.interrupt_message())
             progress.close()
             if hasattr(self.combiner, "end_epoch"):  # per-epoch combiners (DWA) close their epoch here
                 self.combiner.end_epoch()

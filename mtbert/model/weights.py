@@ -10,7 +10,6 @@ other (splitting it again), so the two directions cannot drift apart. Weights ar
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mtbert.errors import CheckpointError
+from mtbert.files import atomic_path
 from mtbert.model.bert import BertEncoder
 from mtbert.model.config import BertConfig
 from mtbert.model.tokenizer import BertTokenizer
@@ -288,8 +288,7 @@ def save_hf_folder(encoder: BertEncoder, tokenizer_folder_or_vocab: Any, out_dir
     config = {"architectures": ["BertModel"], "model_type": "bert", **encoder.config.to_dict()}
     config["position_embedding_type"] = "absolute"
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial = out / f".{SAFETENSORS_NAME}.partial"
-    save_file(encoder_state_to_hf(encoder), str(partial), metadata={"format": "pt"})
-    os.replace(partial, out / SAFETENSORS_NAME)
+    with atomic_path(out / SAFETENSORS_NAME) as tmp:
+        save_file(encoder_state_to_hf(encoder), str(tmp), metadata={"format": "pt"})
     _write_tokenizer(tokenizer_folder_or_vocab, out, encoder.config.max_position_embeddings)
     return out

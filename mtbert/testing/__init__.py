@@ -12,7 +12,7 @@ The tiny world
     :func:`tiny_tokenizer`, :func:`tiny_encoder`, :data:`TINY_TASKS` (``tiny_sentiment``: one
     sentence, 3 classes; ``tiny_paraphrase``: a pair, binary; ``tiny_similarity``: a pair,
     regression on 0..5), :func:`tiny_examples`, :func:`tiny_batch` (a real batch through a
-    registered input format), :func:`tiny_model` (a :class:`~mtbert.engine.model.MultitaskModel`
+    registered input format), :func:`tiny_model` (a :class:`~mtbert.engine.multitask_model.MultitaskModel`
     over the three tasks), :func:`tiny_plugins` (an isolated plugin set: mtbert's builtins, this
     kit's tiny tasks and ``testing:tiny`` checkpoint, and your plugin) and
     :func:`run_tiny_recipe` (a complete ``mtbert run`` on the tiny tasks, run folder and all).

@@ -13,9 +13,9 @@ from unittest import mock
 import torch
 from torch import nn
 
-from mtbert.data.tasks import TaskSpec
 from mtbert.engine.components import Batch
-from mtbert.engine.data import label_dtype
+from mtbert.engine.batches import label_dtype
+from mtbert.recipe import default_input_format
 from mtbert.testing.world import (
     TESTING_PLUGIN, TINY_CHECKPOINT, TINY_HIDDEN, TINY_MAX_LENGTH, TINY_TASK_NAMES, TINY_TASKS, tiny_data_dir,
     tiny_encoder, tiny_examples, tiny_tokenizer,
@@ -105,10 +105,6 @@ def one_thread() -> Iterator[None]:
 # --------------------------------------------------------------------------- batches and models
 
 
-def _default_input_name(spec: TaskSpec) -> str:
-    return "single" if spec.input_kind == "single" else "separate-pair"
-
-
 def tiny_batch(task: str = "tiny_sentiment", *, size: int = 4, split: str = "train", start: int = 0,
                input_format: Any = None, plugins: Any = None, max_length: int = TINY_MAX_LENGTH) -> Batch:
     """A real batch of a tiny task: examples tokenized and collated by an input format.
@@ -118,7 +114,7 @@ def tiny_batch(task: str = "tiny_sentiment", *, size: int = 4, split: str = "tra
     """
     spec = TINY_TASKS[task]
     if input_format is None or isinstance(input_format, str):
-        input_format = registered_options(plugins or default_plugins(), "input_format", input_format or _default_input_name(spec))
+        input_format = registered_options(plugins or default_plugins(), "input_format", input_format or default_input_format(spec))
     examples = tiny_examples(task, split)
     encoded = input_format.encode_examples(tiny_tokenizer(), examples, max_length)
     indices = [i % len(examples) for i in range(start, start + size)]
@@ -127,13 +123,13 @@ def tiny_batch(task: str = "tiny_sentiment", *, size: int = 4, split: str = "tra
 
 def tiny_model(*, heads: dict[str, Any] | None = None, input_formats: dict[str, Any] | None = None,
                plugins: Any = None, seed: int = 0, tasks: Sequence[str] = TINY_TASK_NAMES) -> Any:
-    """A :class:`~mtbert.engine.model.MultitaskModel`: the tiny encoder and one head per tiny task.
+    """A :class:`~mtbert.engine.multitask_model.MultitaskModel`: the tiny encoder and one head per tiny task.
 
     ``heads`` maps a task to a head options object or registered name (default ``linear``);
     ``input_formats`` maps a task to an input-format name (default by the task's input kind).
     Same seed, same weights.
     """
-    from mtbert.engine.model import MultitaskModel
+    from mtbert.engine.multitask_model import MultitaskModel
 
     plugins = plugins or default_plugins()
     heads = dict(heads or {})
@@ -145,7 +141,7 @@ def tiny_model(*, heads: dict[str, Any] | None = None, input_formats: dict[str, 
         torch.manual_seed(seed + 1)
         for name in tasks:
             spec = TINY_TASKS[name]
-            format_name = formats.get(name, _default_input_name(spec))
+            format_name = formats.get(name, default_input_format(spec))
             format_options[name] = registered_options(plugins, "input_format", format_name)
             head = heads.get(name, "linear")
             head = registered_options(plugins, "head", head) if isinstance(head, str) else head
@@ -186,12 +182,9 @@ def run_tiny_recipe(plugins: Any, out: str | Path, *, table: dict[str, Any] | No
     metrics summary, as :func:`mtbert.engine.run.run_recipe` does.
     """
     from mtbert.engine.run import run_recipe
-    from mtbert.recipe import apply_override, parse_override, validate
+    from mtbert.recipe import apply_overrides, validate
 
-    table = copy.deepcopy(table) if table is not None else tiny_recipe_table()
-    for text in overrides:
-        parts, value = parse_override(text)
-        apply_override(table, parts, value, text)
+    table = apply_overrides(copy.deepcopy(table) if table is not None else tiny_recipe_table(), overrides)
     quiet = say or (lambda message: None)
     with installed_plugins(plugins), one_thread():  # restores the thread count train.threads sets
         recipe = validate(table, plugins, source="tiny.toml")

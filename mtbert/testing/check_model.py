@@ -21,7 +21,7 @@ from mtbert.testing.world import TINY_HIDDEN, TINY_TASK_NAMES, TINY_TASKS, tiny_
 @isolated
 def check_head(options: Any, *, name: str | None = None, plugins: Any = None) -> None:
     """A head: for every tiny task and input format it accepts, shapes, loss, gradients, labels, state."""
-    from mtbert.engine.model import MultitaskModel
+    from mtbert.engine.multitask_model import MultitaskModel
 
     check = Checker("head", component_label("head", options, name))
     options = options_instance(check, options)

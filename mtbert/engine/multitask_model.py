@@ -1,11 +1,12 @@
 """The multitask model: one shared encoder, one head per task.
 
 The engine owns the partition of parameters: ``shared_parameters()`` are the encoder's (what
-gradient transforms such as PCGrad see), ``head_parameters()`` the task-specific heads'.
+gradient transforms such as PCGrad see); everything else (the heads) is task-specific.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -43,11 +44,27 @@ class MultitaskModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
-    def head_parameters(self, task: str | None = None) -> list[nn.Parameter]:
-        heads = [self.heads[task]] if task is not None else list(self.heads.values())
-        return [p for head in heads for p in head.parameters() if p.requires_grad]
-
     def freeze_encoder(self) -> None:
         """``pretrain`` mode: the encoder is fixed, only heads learn (dropout still applies)."""
         for p in self.encoder.parameters():
             p.requires_grad_(False)
+
+
+def weights_sha1(model: nn.Module) -> str:
+    """A hash of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def build_model(recipe: Any, encoder: Any) -> MultitaskModel:
+    """The recipe's model: ``encoder`` and a head per task, each task with its input format."""
+    heads = {
+        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.name)
+        for name, task_recipe in recipe.tasks.items()
+    }
+    formats = {name: task_recipe.input.options for name, task_recipe in recipe.tasks.items()}
+    return MultitaskModel(encoder, heads, formats)

@@ -137,6 +137,37 @@ def load_split(
     return data
 
 
+def plan_batches(lengths: list[int], batch_size: int, generator: torch.Generator, bucket: bool) -> list[list[int]]:
+    """One pass's batches of example indices: a seeded shuffle; with ``bucket``, examples sorted by
+    length inside windows of :data:`BUCKET_WINDOW` batches (less padding), then the batch order
+    shuffled. Every training stage plans its passes here (the multitask streams, the mlm stage)."""
+    n = len(lengths)
+    order = torch.randperm(n, generator=generator).tolist()
+    if not bucket:
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    window = batch_size * BUCKET_WINDOW
+    ordered: list[int] = []
+    for start in range(0, n, window):
+        ordered.extend(sorted(order[start:start + window], key=lambda i: lengths[i]))
+    batches = [ordered[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def pack_batches(batches: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Planned batches as two tensors for a checkpoint: every index in order, and the batch sizes."""
+    flat = [i for batch in batches for i in batch]
+    return torch.tensor(flat, dtype=torch.int64), torch.tensor([len(b) for b in batches], dtype=torch.int64)
+
+
+def unpack_batches(flat: torch.Tensor, sizes: torch.Tensor) -> list[list[int]]:
+    """Inverse of :func:`pack_batches`."""
+    indices, out, start = flat.tolist(), [], 0
+    for size in sizes.tolist():
+        out.append(indices[start:start + size])
+        start += size
+    return out
+
+
 class TaskStream:
     """Endless shuffled (optionally length-bucketed) batches of one task's training split.
 
@@ -163,20 +194,7 @@ class TaskStream:
         return math.ceil(len(self.encoded) / self.batch_size)
 
     def _plan_pass(self) -> None:
-        n = len(self.encoded)
-        order = torch.randperm(n, generator=self.generator).tolist()
-        size = self.batch_size
-        if self.bucket:
-            window = size * BUCKET_WINDOW
-            ordered: list[int] = []
-            for start in range(0, n, window):
-                chunk = order[start:start + window]
-                ordered.extend(sorted(chunk, key=lambda i: self.lengths[i]))
-            batches = [ordered[i:i + size] for i in range(0, n, size)]
-            shuffle = torch.randperm(len(batches), generator=self.generator).tolist()
-            self.batches = [batches[i] for i in shuffle]
-        else:
-            self.batches = [order[i:i + size] for i in range(0, n, size)]
+        self.batches = plan_batches(self.lengths, self.batch_size, self.generator, self.bucket)
         self.position = 0
         self.passes += 1
 
@@ -192,23 +210,13 @@ class TaskStream:
         return self.task.collate("train", indices), share
 
     def state_dict(self) -> dict[str, Any]:
-        flat = [i for batch in self.batches for i in batch]
-        sizes = [len(batch) for batch in self.batches]
-        return {
-            "generator": self.generator.get_state(),
-            "batches": torch.tensor(flat, dtype=torch.int64),
-            "sizes": torch.tensor(sizes, dtype=torch.int64),
-            "position": self.position,
-            "passes": self.passes,
-        }
+        flat, sizes = pack_batches(self.batches)
+        return {"generator": self.generator.get_state(), "batches": flat, "sizes": sizes, "position": self.position,
+                "passes": self.passes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        flat = state["batches"].tolist()
-        self.batches, start = [], 0
-        for size in state["sizes"].tolist():
-            self.batches.append(flat[start:start + size])
-            start += size
+        self.batches = unpack_batches(state["batches"], state["sizes"])
         self.position = int(state["position"])
         self.passes = int(state["passes"])
 

@@ -1,0 +1,157 @@
+"""A run folder's records and the checks before resuming one.
+
+The folder holds (CONTRIBUTING.md, "Run folders"): ``recipe.toml`` (resolved), ``run.json``
+(versions, commit, plugins, device, seed, data file hashes, times, status), ``metrics.jsonl``
+(one line per evaluation), ``metrics.json`` (best and last), ``tb/`` (TensorBoard),
+``checkpoints/`` (``best.safetensors`` and ``last/`` for ``--resume``, plus the encoder's
+config and vocabulary so the run is self-contained) and ``predictions/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import mtbert
+from mtbert.errors import CheckpointError, RecipeError
+from mtbert.plugins import Plugins
+from mtbert.recipe import Recipe, changed_keys, validate
+
+
+def now() -> str:
+    """The time for records: UTC, ISO 8601, seconds."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_commit(path: Path) -> dict[str, Any] | None:
+    """The commit (and whether the tree is dirty) of the checkout holding ``path``, if any."""
+    try:
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def default_run_folder(name: str, root: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = root / f"{name}-{stamp}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = root / f"{name}-{stamp}-{suffix}"
+    return folder
+
+
+class RunLog:
+    """metrics.jsonl, TensorBoard scalars and console lines."""
+
+    def __init__(self, folder: Path, say: Callable[[str], None]):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = folder
+        self.say = say
+        self.writer = SummaryWriter(log_dir=str(folder / "tb"))
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text)
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        with (self.folder / "metrics.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+def run_status(folder: Path) -> str | None:
+    """``run.json``'s status (running, finished, failed, interrupted), None when unreadable."""
+    try:
+        return json.loads((folder / "run.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def is_resumable(folder: Path) -> bool:
+    """Whether ``folder`` holds saved training state for ``--resume`` (``checkpoints/last``)."""
+    last = folder / "checkpoints" / "last"
+    return (last / "state.json").is_file() or last.with_name("last.old").is_dir()
+
+
+def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:
+    """The newest unfinished run folder of recipe ``name`` under ``root``."""
+    candidates = sorted(root.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    for folder in candidates:
+        if is_resumable(folder) and run_status(folder) != "finished":
+            return folder
+    return None
+
+
+def check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
+    """Refuse to resume with a recipe that trains differently from the saved one.
+
+    The saved recipe is validated again with today's defaults, so options added to mtbert since
+    the run started (absent from its recipe.toml) compare equal at their default values.
+    """
+    saved = folder / "recipe.toml"
+    if not saved.is_file():
+        raise CheckpointError(f"--resume: {folder} is not a run folder (no recipe.toml)")
+    try:
+        old = validate(tomllib.loads(saved.read_text(encoding="utf-8")), plugins, source=str(saved)).to_dict()
+    except RecipeError as exc:
+        raise RecipeError(f"--resume: the saved recipe {saved} no longer validates: {exc.problems[0]}") from None
+    changed = changed_keys(old, recipe.to_dict())
+    if changed:
+        raise RecipeError(f"--resume: the recipe differs from the one {folder} was started with at {', '.join(changed[:5])}")
+
+
+def run_record(run: Any, status: str, started: str, extra: dict[str, Any]) -> dict[str, Any]:
+    device = run.device
+    info = {
+        "mtbert_version": mtbert.__version__,
+        "git": git_commit(Path(mtbert.__file__).resolve().parent),
+        "command": sys.argv,
+        "recipe": run.recipe.name,
+        "recipe_source": run.recipe.source,
+        "seed": run.recipe.seed,
+        "status": status,
+        "started": started,
+        "device": {
+            "type": device.type,
+            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "precision": run.recipe.train.precision,
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
+        "plugins": run.plugins.record(),
+        "components": {
+            "tasks": {n: {"input": t.input.name, "head": t.head.name, "head_provider": t.head.component.provider}
+                      for n, t in run.recipe.tasks.items()},
+            "sampler": run.recipe.sampler.component.provider,
+            "loss_combiner": run.recipe.loss_combiner.component.provider,
+            "gradient_transforms": [c.component.provider for c in run.recipe.gradient_transforms],
+            "regularizers": [c.component.provider for c in run.recipe.regularizers],
+            "stages": [c.component.provider for c in run.recipe.stages],
+        },
+        "data": run.data_files,
+        "checkpoint": run.recipe.model.checkpoint,
+        "distributed": {**run.distributed.record(), **run.distributed_info},
+    }
+    info.update(extra)
+    return info

@@ -1,0 +1,83 @@
+"""Grid sweeps: ``--grid KEY=V1,V2`` values and the recipe's ``[sweep.grid]``, multiplied into
+variants, each with its own run folder."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from mtbert.errors import RecipeError
+from mtbert.recipe import parse_override
+from mtbert.sweep.variants import Variant
+
+
+def toml_literal(value: Any) -> str:
+    """``value`` written as the right-hand side of a TOML assignment (what ``--set`` reads back)."""
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+
+def split_values(text: str) -> list[str]:
+    """``"1e-5,[1, 2],'a,b'"`` -> ``["1e-5", "[1, 2]", "'a,b'"]``: commas split only at the top level."""
+    parts: list[str] = []
+    depth, quote, current = 0, "", []
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def parse_grid(texts: list[str]) -> list[tuple[str, list[str]]]:
+    """``["optim.lr=1e-5,3e-5"]`` -> ``[("optim.lr", ["1e-5", "3e-5"])]`` (values as written)."""
+    grid: list[tuple[str, list[str]]] = []
+    for text in texts:
+        if "=" not in text:
+            raise RecipeError(f"--grid {text!r}: expected KEY.PATH=VALUE1,VALUE2,...")
+        key, raw = text.split("=", 1)
+        key = key.strip()
+        values = split_values(raw)
+        if not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"--grid {text!r}: empty key in the key path")
+        if any(v == "" for v in values):
+            raise RecipeError(f"--grid {text!r}: empty value (values are separated by commas)")
+        if any(k == key for k, _ in grid):
+            raise RecipeError(f"--grid {key}: given twice; list all its values in one --grid")
+        for value in values:
+            parse_override(f"{key}={value}")  # read like --set: TOML literal or bare word
+        grid.append((key, values))
+    return grid
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+\-]+", "_", text).strip("_") or "_"
+
+
+def grid_variants(name: str, grid: list[tuple[str, list[str]]], out: Path) -> list[Variant]:
+    """The product of the grid's values, first key slowest, each with its folder under ``out``."""
+    variants = []
+    seen: dict[str, int] = {}
+    for combo in itertools.product(*(values for _, values in grid)):
+        pairs = [(key, value) for (key, _), value in zip(grid, combo)]
+        folder_name = "-".join([name, *(f"{key}={_slug(value)}" for key, value in pairs)])
+        seen[folder_name] = seen.get(folder_name, 0) + 1
+        if seen[folder_name] > 1:  # two values that read the same once made safe for a file name
+            folder_name += f"-{seen[folder_name]}"
+        variants.append(Variant(label=" ".join(f"{k}={v}" for k, v in pairs),
+                                overrides=[f"{k}={v}" for k, v in pairs], folder=out / folder_name))
+    return variants

@@ -1,0 +1,111 @@
+"""Search with Optuna: ``--optuna N`` samples trials over the ranges of the recipe's
+``[sweep.space]``, stores the study beside the trials (``optuna.db``) so a rerun continues it, and
+maximises the best checkpoint's dev ``metric``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from mtbert.errors import MtbertError, RecipeError
+from mtbert.sweep.grid import toml_literal
+from mtbert.sweep.variants import SweepResult, Variant, finish, load_variant, preflight, run_variant
+
+
+def suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
+    """One value for ``key`` from an Optuna trial, by the ``[sweep.space]`` entry's kind."""
+    if "choices" in spec:
+        return trial.suggest_categorical(key, list(spec["choices"]))
+    low, high, log, step = spec["low"], spec["high"], bool(spec.get("log", False)), spec.get("step")
+    if isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int)):
+        return trial.suggest_int(key, low, high, step=step or 1, log=log)
+    return trial.suggest_float(key, float(low), float(high), step=step, log=log)
+
+
+def _space_corners(space: dict[str, Any]) -> list[Variant]:
+    """Overrides that put every range at its ends and every choice once, for the pre-flight check."""
+    variants = []
+    for key, spec in space.items():
+        values = spec["choices"] if "choices" in spec else [spec["low"], spec["high"]]
+        for value in values:
+            variants.append(Variant(label=f"{key}={value}", overrides=[f"{key}={toml_literal(value)}"], folder=Path()))
+    return variants
+
+
+def optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, sweep_table: dict[str, Any],
+                  trials: int, out: Path, plugins: Any, say: Callable[[str], None],
+                  warn: Callable[[str], None] | None) -> SweepResult:
+    try:
+        import optuna
+    except ImportError:
+        raise MtbertError("--optuna needs Optuna: pip install 'mtbert[optuna]' (or pip install optuna)") from None
+    space = sweep_table.get("space") or {}
+    if not space:
+        raise MtbertError(f"--optuna: {recipe_path} has no [sweep.space] table of ranges to search "
+                          '(e.g. [sweep.space] "optim.lr" = { low = 1e-5, high = 1e-4, log = true })')
+    metric = sweep_table.get("metric") or base_recipe.train.select
+    preflight(recipe_path, overrides, _space_corners(space), plugins, flag="sweep.space:")
+
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=base_recipe.name, storage=f"sqlite:///{(out / 'optuna.db').resolve()}", load_if_exists=True,
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=base_recipe.seed),
+    )
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    remaining = max(0, trials - done)
+    variants: list[Variant] = []
+    say(f"sweep: Optuna search of {len(space)} values over {trials} trials ({done} done earlier) into {out}, "
+        f"maximising best dev {metric}")
+
+    def objective(trial: Any) -> float:
+        values = {key: suggest(trial, key, spec) for key, spec in space.items()}
+        extra = [f"{key}={toml_literal(value)}" for key, value in values.items()]
+        variant = Variant(label=" ".join(f"{k}={toml_literal(v)}" for k, v in values.items()), overrides=extra,
+                          folder=out / f"{base_recipe.name}-trial-{trial.number}")
+        variants.append(variant)
+        trial.set_user_attr("folder", str(variant.folder))
+        say(f"[trial {trial.number}] {variant.label} -> {variant.folder}")
+        try:
+            recipe = load_variant(recipe_path, overrides, extra, plugins, "sweep.space:")
+        except RecipeError as exc:
+            variant.status, variant.message = "failed", "; ".join(exc.problems)
+            raise
+        run_variant(variant, recipe, plugins, say, warn)
+        if variant.status == "failed":
+            say(f"  failed: {variant.message}")
+            raise MtbertError(variant.message)
+        summary = json.loads((variant.folder / "metrics.json").read_text(encoding="utf-8"))
+        best = (summary.get("best") or {}).get("dev") or {}
+        if metric not in best:
+            variant.status, variant.message = "failed", f"no dev {metric} in {variant.folder / 'metrics.json'}"
+            raise MtbertError(variant.message)
+        variant.value = float(best[metric])
+        say(f"  best dev {metric} {variant.value:.4f}")
+        return variant.value
+
+    if remaining:
+        study.optimize(objective, n_trials=remaining, catch=(Exception,))
+    # every trial of the study, this invocation's and earlier ones', in trial order
+    now = {v.folder: v for v in variants}
+    variants = []
+    for t in study.trials:
+        folder = Path(t.user_attrs.get("folder", out / f"{base_recipe.name}-trial-{t.number}"))
+        if folder in now:
+            variants.append(now[folder])
+            continue
+        status = {"COMPLETE": "skipped"}.get(t.state.name, "failed")
+        variants.append(Variant(label=" ".join(f"{k}={toml_literal(v)}" for k, v in t.params.items()),
+                                overrides=[], folder=folder, status=status,
+                                message="finished earlier" if status == "skipped" else f"trial {t.state.name.lower()}",
+                                value=t.value))
+    info = {"recipe": str(recipe_path), "overrides": overrides, "optuna": {"trials": trials, "metric": metric,
+                                                                           "space": space}}
+    table = finish(out, variants, info, say)
+    best = None
+    completed = [v for v in variants if v.value is not None and v.status in ("finished", "skipped")]
+    if completed:
+        best = max(completed, key=lambda v: v.value)
+        say(f"best trial: {best.folder.name}: dev {metric} {best.value:.4f} with {best.label}")
+    return SweepResult(folder=out, variants=variants, table=table, best=best)
