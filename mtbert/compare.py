@@ -1,4 +1,4 @@
-"""``mtbert compare``: the seeds' ablation table, built from run folders.
+"""``mtbert compare``: the reports' ablation table, built from run folders.
 
 One row per run: its name, the recipe values that differ between the compared runs, the best
 dev scores (SST accuracy, paraphrase accuracy, STS Pearson r, mean), their deltas against a

@@ -1,6 +1,6 @@
 """The ``sum`` loss combiner: the total loss is the plain sum of the per-task losses.
 
-This is the seeds' baseline. In one-task steps it is simply that task's loss.
+This is the reports' baseline. In one-task steps it is simply that task's loss.
 """
 
 from __future__ import annotations

@@ -32,11 +32,11 @@ implementations let ``Lgrad.backward()`` write into the network's ``.grad``):
   as in the paper's Algorithm 1, and under gradient accumulation every micro-batch of an
   optimizer step uses the same weights while their balancing gradients are averaged.
 
-Options and defaults: ``alpha`` = 1.5 (the value the paper uses on NYUv2; seed 002 swept
+Options and defaults: ``alpha`` = 1.5 (the value the paper uses on NYUv2; report 002 swept
 0.5, 1.0, 1.5, 3.0 and found 1.0 best on the CS224N tasks); ``lr`` = 0.025 (Adam on ``w``: each
 weight moves by roughly ``lr`` per step); ``layer`` = ``"last"`` (the parameters of the last
 shared encoder layer, ``model.encoder.layers[-1]``: the paper's "last shared layer"),
-``"pooler"`` (BERT's pooler dense layer, seed 002's choice: only valid when every head uses
+``"pooler"`` (BERT's pooler dense layer, report 002's choice: only valid when every head uses
 the pooler output) or ``"all-shared"`` (every encoder parameter: one extra backward through
 the whole encoder per task and step); ``min_weight`` = 0.01, the smallest weight after
 renormalisation (at most 1, as the weights average 1).
@@ -205,7 +205,7 @@ class GradNormCombiner:
 class GradNorm:
     """GradNorm (Chen et al. 2018): learn task weights that equalise gradient norms scaled by training rates."""
 
-    alpha: float = option(1.5, help="asymmetry: how strongly slow tasks are pushed (paper 1.5; seed 002's best 1.0)", min=0)
+    alpha: float = option(1.5, help="asymmetry: how strongly slow tasks are pushed (paper 1.5; report 002's best 1.0)", min=0)
     lr: float = option(0.025, help="learning rate of the weights' own Adam optimizer", min=0, min_exclusive=True)
     layer: Literal["last", "pooler", "all-shared"] = option(
         "last", help="balanced layer W: last encoder layer, BERT's pooler, or every shared parameter")

@@ -4,15 +4,15 @@ Sentence-BERT's regression objective (Reimers & Gurevych 2019, "Sentence-BERT: S
 Embeddings using Siamese BERT-Networks", section 3): each sentence of a pair is encoded on its
 own, mean-pooled over its real tokens (the padding mask excluded), and the score is the
 cosine of the two embeddings, trained with a mean squared error against the gold similarity.
-Seed 000 put one linear layer and an activation before the cosine ("Baseline & Cosine"),
-seed 002 used the plain cosine of the two [CLS] states with labels mapped onto [-1, 1].
+Report 000 put one linear layer and an activation before the cosine ("Baseline & Cosine"),
+report 002 used the plain cosine of the two [CLS] states with labels mapped onto [-1, 1].
 
 Options and defaults:
 
 * ``pooling = "mean"``: masked mean of token states (``cls``: [CLS] state, ``pooler``: BERT's
   tanh pooler);
 * ``projection = []``: sizes of Linear layers applied to each embedding before the cosine
-  (the same weights for both sentences); seed 000 is ``projection = [H]`` with an activation;
+  (the same weights for both sentences); report 000 is ``projection = [H]`` with an activation;
 * ``activation = "tanh"``: after each projection layer (``none`` for purely linear ones).
   Beware ``relu``: non-negative vectors have a cosine in [0, 1], so under ``scale = "affine"``
   the head can never predict below the middle of the label range;
@@ -20,7 +20,7 @@ Options and defaults:
 * ``scale = "affine"``: how the cosine becomes a score in the task's range [low, high]:
 
   - ``affine``: [-1, 1] onto [low, high], ``score = low + (cos + 1) / 2 * (high - low)``
-    (seed 002: labels normalised to the cosine's range);
+    (report 002: labels normalised to the cosine's range);
   - ``positive``: [0, 1] onto [low, high], ``score = low + cos * (high - low)``. This is
     Sentence-BERT's ``CosineSimilarityLoss`` (MSE between the cosine and ``label / 5``):
     negative cosines are left as they are in the loss, so they keep their gradient towards

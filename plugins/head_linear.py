@@ -1,7 +1,7 @@
-"""The ``linear`` head: one linear layer on pooled encoder output (the seeds' baseline head).
+"""The ``linear`` head: one linear layer on pooled encoder output (the reports' baseline head).
 
 Single sentences: ``Linear(pool(h))``. Separately encoded pairs: ``Linear([u; v; |u-v|; u*v])``
-by default (Sentence-BERT's classification features, Reimers & Gurevych 2019); the seeds'
+by default (Sentence-BERT's classification features, Reimers & Gurevych 2019); the reports'
 literal baseline ``Linear([u; v])`` is ``pair = ["u", "v"]`` — it cannot express similarity
 (its score is f(u) + g(v)), which RESULTS.md measures. Concatenated pairs are one sequence.
 

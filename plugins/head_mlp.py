@@ -1,8 +1,8 @@
 """The ``mlp`` head: a multilayer perceptron on the pooled encoder output.
 
 A feed-forward classifier on the sentence representation is the standard fine-tuning head
-(Devlin et al. 2019, "BERT", section 4 uses one layer; the seeds add hidden layers). Seed 002
-("ReLU") used hidden sizes 256 and 64 with ReLU between layers; seed 004 an STS head
+(Devlin et al. 2019, "BERT", section 4 uses one layer; the reports add hidden layers). Report 002
+("ReLU") used hidden sizes 256 and 64 with ReLU between layers; report 004 an STS head
 ``Linear -> ReLU -> dropout 0.3 -> Linear`` (one hidden layer) and found LeakyReLU better on
 dev. The pair features for separately encoded pairs are Sentence-BERT's
 (Reimers & Gurevych 2019, "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks").

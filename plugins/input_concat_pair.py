@@ -9,7 +9,7 @@ encoders on pair tasks (Reimers & Gurevych 2019, "Sentence-BERT", table 1 agains
 the price of one encoder pass per pair instead of per sentence.
 
 The segment ids reach the encoder as ``token_type_ids``: the CS224N skeleton forced them to 0,
-which is why seed 003's change to token-level concatenation mattered. Pairs longer than
+which is why report 003's change to token-level concatenation mattered. Pairs longer than
 ``data.max_length`` are truncated longest-first (tokens are removed from the longer sentence
 until the pair fits), as transformers' ``BertTokenizerFast`` does by default.
 

@@ -1,6 +1,6 @@
 """The ``norm-penalty`` regularizer: weight * ||head weights||_p added to a task's loss.
 
-Seed 004 (Aggarwal & Cruz, "Multi-task Learning using BERT", CS224N) added
+Report 004 (Aggarwal & Cruz, "Multi-task Learning using BERT", CS224N) added
 ``0.05 * ||weights||_p`` with p = 1 or infinity to the STS loss and kept the l_inf version in
 its final model (dev STS 0.338 -> 0.363 over gradient surgery alone); which weights it
 penalised is not stated. Here the choice is explicit: the weight matrices (parameters with two
@@ -14,9 +14,9 @@ parameters is AdamW's ``optim.weight_decay``). When a batch of task t is trained
 * ``reduce = "sum"``: N = the sum of each parameter tensor's p-norm.
 
 The norm is not squared (``norm = "l2"`` is the Euclidean norm, not weight decay's square).
-Computed in fp32. Defaults are seed 004's final choice: ``norm = "linf"``, ``weight = 0.05``.
+Computed in fp32. Defaults are report 004's final choice: ``norm = "linf"``, ``weight = 0.05``.
 Note that l_inf's gradient reaches only the largest weight, so it barely constrains a head
-(seed 004 observed as much).
+(report 004 observed as much).
 """
 
 from __future__ import annotations
@@ -81,10 +81,10 @@ class NormPenaltyState:
 
 @attrs.define
 class NormPenalty:
-    """An l1, l2 or l_inf penalty on task-head weights (seed 004)."""
+    """An l1, l2 or l_inf penalty on task-head weights (report 004)."""
 
     norm: NormName = option("linf", help="l1, l2 (not squared) or linf (largest absolute weight)")
-    weight: float = option(0.05, help="multiplier of the norm (seed 004: 0.05)", min=0)
+    weight: float = option(0.05, help="multiplier of the norm (report 004: 0.05)", min=0)
     tasks: list[str] | None = option(None, help="tasks whose heads are penalised (default: all)")
     bias: bool = option(False, help="also penalise the heads' 1-d parameters (biases)")
     reduce: Literal["joint", "sum"] = option("joint", help="joint: one norm of all chosen parameters; sum: sum of per-tensor norms")

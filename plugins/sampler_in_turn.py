@@ -1,7 +1,7 @@
-"""The ``in-turn`` sampler: every batch of one task, then every batch of the next (seed 001).
+"""The ``in-turn`` sampler: every batch of one task, then every batch of the next (report 001).
 
 Source: C. Kalicki, "Multiple Strategies to Improve minBERT Multitask Learning"
-(Stanford CS224N report, seed 001), Algorithm 1 "Multi-Task Learning: In Turn": each epoch
+(Stanford CS224N report, report 001), Algorithm 1 "Multi-Task Learning: In Turn": each epoch
 loops over the tasks and, for each, over *all* its minibatches, one optimizer update per
 minibatch. Nothing is down-sampled, so the whole Quora set is used every epoch (the report's
 best Para accuracy, 0.806 dev).

@@ -1,7 +1,7 @@
-"""The ``loop`` sampler: every task gives as many batches as a named task (seed 002's "Loop").
+"""The ``loop`` sampler: every task gives as many batches as a named task (report 002's "Loop").
 
 Source: S. Goel, H. Hidayatullah, Y. Nagafuchi, "minBERT for Sentiment Analysis, Paraphrase
-Detection, and Semantic Textual Similarity" (Stanford CS224N report, seed 002), "Data
+Detection, and Semantic Textual Similarity" (Stanford CS224N report, report 002), "Data
 Engineering": the full SST set each epoch, STS repeated (looped) and a random subset of Quora,
 "such that all datasets match the length of the SST dataset". Their best model used it
 (Cos + ReLU + Loop: dev mean 0.581).

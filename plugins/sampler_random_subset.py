@@ -1,7 +1,7 @@
 """The ``random-subset`` sampler: each epoch, chosen tasks give only a random part of their data.
 
 Source: S. Chu, F. Huang, K. Chotitamnavee, "BERT and Learnie: Multi-task Classification Across
-Semantics Street" (Stanford CS224N report, seed 003), Sec. 3.1: round-robin training that
+Semantics Street" (Stanford CS224N report, report 003), Sec. 3.1: round-robin training that
 interleaves the batches of the three datasets each epoch, with a ``RandomSampler`` on the
 Quora loader "sampling 6,000 random datapoints each time" (about the size of the other two
 sets); all other tasks use all their data. Later (Sec. 3.5) they also sampled STS, with
@@ -19,11 +19,11 @@ with a batch of every task (tasks with a smaller ``k_t`` repeat within the epoch
 
 Which batches: the next ``k_t`` of the task's stream, whose pass is freshly shuffled, so each
 epoch's part is a uniformly random subset; the stream continues there next epoch. Unlike
-seed 003's ``RandomSampler``, which drew an independent subset every epoch (possibly
+report 003's ``RandomSampler``, which drew an independent subset every epoch (possibly
 repeating examples of the previous epoch while never showing others), successive epochs
 here see disjoint parts until the whole task has been seen once.
 
-To reproduce seed 003 (6,000 Quora examples per epoch at batch size 16, recipe order sst,
+To reproduce report 003 (6,000 Quora examples per epoch at batch size 16, recipe order sst,
 para, sts, round-robin interleaving): ``sampler = { name = "random-subset",
 batches = { para = 375 } }``; ``fraction = { para = 0.0424 }`` is the same at any batch size.
 
@@ -35,7 +35,7 @@ Options (defaults in brackets):
   a task may be named in ``batches`` or in a ``fraction`` table, not both.
 * ``step`` ["one-task"]: one task's batch per optimizer step, or ``"all-tasks"``.
 * ``order`` ["round-robin"]: one-task mode only; ``round-robin`` visits the tasks in recipe
-  order again and again (seed 003's interleaving; a task drops out once its ``k_t`` batches
+  order again and again (report 003's interleaving; a task drops out once its ``k_t`` batches
   are spent), ``shuffled`` draws a random interleaving every epoch.
 """
 

@@ -1,4 +1,4 @@
-"""The ``round-robin`` sampler (seed 000's curriculum).
+"""The ``round-robin`` sampler (report 000's curriculum).
 
 Every epoch each task gives as many batches as the task with the fewest batches, so larger
 tasks are down-sampled; the engine's per-task batch streams continue where they stopped, so

@@ -3,14 +3,14 @@
 Sources: X. Liu, P. He, W. Chen, J. Gao, 2019, "Multi-Task Deep Neural Networks for Natural
 Language Understanding" (ACL), Algorithm 1: minibatches of all tasks merged and shuffled
 every epoch; and C. Kalicki, "Multiple Strategies to Improve minBERT Multitask Learning"
-(Stanford CS224N report, seed 001), Algorithm 2 "MT DNN w/ upsampling": the smaller tasks are
+(Stanford CS224N report, report 001), Algorithm 2 "MT DNN w/ upsampling": the smaller tasks are
 up-sampled so that every task has as many batches as the largest one.
 
 Batches per task per epoch: ``max_s n_s`` for every task ``t`` (``n_t`` = the task's batches
 in one full pass). A task with fewer batches repeats: its stream starts another pass, newly
 shuffled, so repeats are spread over different batch compositions. One-task mode has
 ``T * max_s n_s`` steps per epoch (``T`` tasks); all-tasks mode has ``max_s n_s`` steps, each
-with a batch of every task. (Seed 001's pseudo-code is ambiguous about whether one step visits
+with a batch of every task. (Report 001's pseudo-code is ambiguous about whether one step visits
 one task or all; both are available through ``step``.)
 
 Options (defaults in brackets):

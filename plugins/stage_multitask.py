@@ -1,7 +1,7 @@
 """The ``multitask`` stage: train the shared encoder and heads on a set of tasks.
 
 By default a recipe has one multitask stage over all its tasks for ``optim.epochs`` epochs.
-Chaining stages gives intermediate-task training (seed 000's Para-first training)::
+Chaining stages gives intermediate-task training (report 000's Para-first training)::
 
     [[stages]]
     name = "multitask"

@@ -157,7 +157,7 @@ def test_random_subset_per_task_fraction():
     sampler = RandomSubset(fraction={"para": 0.1}).build(dict(B), seed=4, epochs=3)
     assert sampler.batches_per_epoch() == {"sst": 7, "para": 5, "sts": 4}
     plan = sampler.epoch(0)
-    # round-robin interleaving (seed 003); a task drops out once its batches are spent
+    # round-robin interleaving (report 003); a task drops out once its batches are spent
     assert plan == [("sst",), ("para",), ("sts",)] * 4 + [("sst",), ("para",)] + [("sst",)] * 2
     assert sampler.steps_per_epoch() == len(plan) == 16
 
@@ -172,7 +172,7 @@ def test_random_subset_single_fraction_rounds_halves_up_and_keeps_one_batch():
 def test_random_subset_fixed_batches_and_seed_003_numbers():
     sampler = RandomSubset(batches={"para": 3, "sts": 99}).build(dict(B), seed=4, epochs=3)
     assert sampler.batches_per_epoch() == {"sst": 7, "para": 3, "sts": 4}  # capped at a full pass
-    # seed 003: 6,000 of 141,505 Quora rows at batch size 16 (8,845 batches per pass)
+    # report 003: 6,000 of 141,505 Quora rows at batch size 16 (8,845 batches per pass)
     para = math.ceil(141_505 / 16)
     assert RandomSubset(batches={"para": 375}).build({"para": para}, 0, 1).batches_per_epoch() == {"para": 375}
     assert RandomSubset(fraction={"para": 0.0424}).build({"para": para}, 0, 1).batches_per_epoch() == {"para": 375}

@@ -2,7 +2,7 @@
 
 Runs under ``torch.inference_mode`` with length-sorted batches (little padding) and restores
 the file order afterwards. ``mean`` is the plain average of the main tasks' primary scores
-(SST accuracy, paraphrase accuracy, STS Pearson r: the seeds' "overall" score); when a recipe
+(SST accuracy, paraphrase accuracy, STS Pearson r: the reports' "overall" score); when a recipe
 has no main task it averages the primary scores of the tasks it has.
 """
 

@@ -1,6 +1,6 @@
 """A run folder's records and the checks before resuming one.
 
-The folder holds (CONTRIBUTING.md, "Run folders"): ``recipe.toml`` (resolved), ``run.json``
+The folder holds (README.md, "Run folders"): ``recipe.toml`` (resolved), ``run.json``
 (versions, commit, plugins, device, seed, data file hashes, times, status), ``metrics.jsonl``
 (one line per evaluation), ``metrics.json`` (best and last), ``tb/`` (TensorBoard),
 ``checkpoints/`` (``best.safetensors`` and ``last/`` for ``--resume``, plus the encoder's
