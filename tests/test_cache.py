@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtbert.engine import cache as cache_mod
+from mtbert.engine.batches import TaskData, load_split
 from mtbert.engine.cache import _pack, _unpack, encode_cached, entry_key, entry_path
 from mtbert.engine.components import EncodedExamples
-from mtbert.engine.batches import TaskData, load_split
 from mtbert.engine.seeding import derive_seed
 from mtbert_plugins.input_concat_pair import ConcatPair
 from mtbert_plugins.inputs import SeparatePair, SingleSentence

@@ -22,15 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mtbert.engine.checkpoint import (
-    join_tensors,
-    load_training_state,
-    load_weights,
-    save_training_state,
-    save_weights,
-    split_tensors,
-)
-from mtbert.engine.components import Batch, EncodedExamples, Features
 from mtbert.engine.batches import (
     BUCKET_WINDOW,
     SplitData,
@@ -42,6 +33,15 @@ from mtbert.engine.batches import (
     resolve_file,
     sample_rows,
 )
+from mtbert.engine.checkpoint import (
+    join_tensors,
+    load_training_state,
+    load_weights,
+    save_training_state,
+    save_weights,
+    split_tensors,
+)
+from mtbert.engine.components import Batch, EncodedExamples, Features
 from mtbert.engine.gradients import SharedGradients
 from mtbert.engine.heads import (
     TaskHeadModule,
@@ -53,10 +53,10 @@ from mtbert.engine.heads import (
     pooled_input,
     sequences_of,
 )
+from mtbert.engine.optim import build_optimizer, lr_lambda
 from mtbert.engine.progress import Progress, _clock
 from mtbert.engine.sampling import SeededSampler
 from mtbert.engine.seeding import derive_seed
-from mtbert.engine.optim import build_optimizer, lr_lambda
 from mtbert.errors import CheckpointError, DataError
 from mtbert.files import atomic_write_json
 from mtbert.recipe import OptimSection, TaskSection

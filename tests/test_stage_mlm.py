@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from mtbert import hookimpl
+from mtbert.engine.batches import plan_batches
 from mtbert.model.bert import BertEncoder
 from mtbert.model.config import BertConfig
-from mtbert_plugins import head_pair_classifier, stage_mlm
-from mtbert.engine.batches import plan_batches
 from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
+from mtbert_plugins import head_pair_classifier, stage_mlm
 from mtbert_plugins.stage_mlm import MaskedLM, MaskedLMTrainer, training_texts
 
 MINE = [("stage-mlm", stage_mlm), ("head-pair-classifier", head_pair_classifier)]

@@ -15,13 +15,13 @@ from typing import Any, Callable
 
 import torch
 
-from mtbert.engine.checkpoint import save_training_state, save_weights
 from mtbert.engine.batches import TaskData, load_split, resolve_file
+from mtbert.engine.checkpoint import save_training_state, save_weights
 from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, NoHooks, resolve_device
 from mtbert.engine.evaluate import evaluate
 from mtbert.engine.multitask_model import MultitaskModel, build_model
-from mtbert.engine.run_folder import RunLog, now
+from mtbert.engine.run_records import RunLog, now
 from mtbert.files import atomic_write_json, file_sha1
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.batches import TaskData, eval_batches
+from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.device import autocast
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import attrs
 import torch
 
-from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.batches import TaskData
+from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.device import choose_device
 from mtbert.engine.multitask_model import build_model
 from mtbert.errors import CheckpointError

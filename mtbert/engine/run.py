@@ -4,7 +4,7 @@ Under ``torchrun`` (:mod:`mtbert.engine.distributed`) every process builds the s
 trains on its shard of every batch; rank 0 alone chooses and writes the run folder, evaluates,
 saves checkpoints and predictions, logs, prints and calls the plugins' event hooks. run.json's
 ``distributed`` records the world size, the backend and, at the end, a hash of every process's
-weights (they must be identical). The folder's layout is :mod:`mtbert.engine.run_folder`'s.
+weights (they must be identical). The folder's layout is :mod:`mtbert.engine.run_records`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, check_batch_sizes, from_environment
 from mtbert.engine.evaluate import write_predictions
 from mtbert.engine.multitask_model import weights_sha1
-from mtbert.engine.run_folder import RunLog, check_resume, default_run_folder, find_resumable, now, run_record
+from mtbert.engine.run_records import RunLog, check_resume, default_run_folder, find_resumable, now, run_record
 from mtbert.engine.seeding import derive_seed
 from mtbert.errors import CheckpointError, MtbertError, RecipeError, RunInterrupted
 from mtbert.files import atomic_write_json, atomic_write_text

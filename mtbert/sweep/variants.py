@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import attrs
 
-from mtbert.engine.run_folder import is_resumable, run_status
+from mtbert.engine.run_records import is_resumable, run_status
 from mtbert.errors import MtbertError, RecipeError, RunInterrupted
 from mtbert.files import atomic_write_json, atomic_write_text
 from mtbert.recipe import apply_overrides, changed_keys, load_recipe, override_key, read_with_includes

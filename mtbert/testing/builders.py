@@ -13,8 +13,8 @@ from unittest import mock
 import torch
 from torch import nn
 
-from mtbert.engine.components import Batch
 from mtbert.engine.batches import label_dtype
+from mtbert.engine.components import Batch
 from mtbert.recipe import default_input_format
 from mtbert.testing.world import (
     TESTING_PLUGIN, TINY_CHECKPOINT, TINY_HIDDEN, TINY_MAX_LENGTH, TINY_TASK_NAMES, TINY_TASKS, tiny_data_dir,

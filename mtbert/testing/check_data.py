@@ -12,8 +12,8 @@ import torch
 
 from mtbert import hookimpl
 from mtbert.data.tasks import TaskSpec
-from mtbert.engine.components import Batch, EncodedExamples, Features
 from mtbert.engine.batches import label_dtype
+from mtbert.engine.components import Batch, EncodedExamples, Features
 from mtbert.testing.builders import installed_plugins, tiny_plugins
 from mtbert.testing.checker import Checker, component_label, isolated, options_instance
 from mtbert.testing.world import TINY_HIDDEN, TINY_MAX_LENGTH, TINY_TASKS, tiny_encoder, tiny_examples, tiny_tokenizer

@@ -1,4 +1,4 @@
-"""A run folder's records and the checks before resuming one.
+"""A run folder's records (what run.json, metrics and TensorBoard hold) and the checks before resuming one.
 
 The folder holds (README.md, "Run folders"): ``recipe.toml`` (resolved), ``run.json``
 (versions, commit, plugins, device, seed, data file hashes, times, status), ``metrics.jsonl``
