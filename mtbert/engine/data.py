@@ -116,6 +116,7 @@ def sample_rows(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
 def load_split(
     task: TaskData, split: str, path: Path, key: str, *, tokenizer: Any, max_length: int,
     strict: bool, limit: int | None, warn: Callable[[str], None], slice_seed: int = 0, cache: bool = False,
+    progress: bool = False,
 ) -> SplitData:
     """Read, slice and tokenize one split of a task (see :func:`sample_rows` for ``limit``).
 
@@ -130,7 +131,7 @@ def load_split(
     seed = derive_seed(slice_seed, task.name, split)
     examples = sample_rows(result.examples, limit, seed)
     encoded = encode_cached(task, split, path, examples, tokenizer=tokenizer, max_length=max_length, limit=limit,
-                            slice_seed=seed, strict=strict, warn=warn, enabled=cache)
+                            slice_seed=seed, strict=strict, warn=warn, enabled=cache, progress=progress)
     data = SplitData(path=path, examples=examples, encoded=encoded,
                      skipped=len(result.skipped), total_rows=result.total_rows)
     task.splits[split] = data
