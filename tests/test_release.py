@@ -353,3 +353,39 @@ def test_python_api_runs_a_file_a_name_or_a_dict(builtin_plugins, data_dir, mini
     with pytest.raises(RecipeError) as info:
         mtbert.run({**table, "optim": {"lr": "fast"}}, out=tmp_path / "bad2", say=None)
     assert info.value.problems[0].startswith("recipe dict: optim.lr:")
+
+
+# --------------------------------------------------------------------------- a plugin ships its task data
+def test_a_plugin_task_reads_its_own_data_folder(tmp_path):
+    from mtbert import hookimpl
+    from mtbert.engine.data import missing_data_files
+    from mtbert.testing import TINY_SENTIMENT, run_tiny_recipe, tiny_data_dir, tiny_plugins, tiny_recipe_table
+
+    shipped = tmp_path / "plugin_package" / "data"  # what Path(__file__).parent / "data" is in a plugin
+    shipped.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        source = tiny_data_dir() / TINY_SENTIMENT.files[split]
+        (shipped / f"own-{split}.csv").write_text(source.read_text())
+    own = attrs.evolve(TINY_SENTIMENT, name="own_sentiment", files={s: f"own-{s}.csv" for s in ("train", "dev", "test")},
+                       metric_key="own_sentiment_acc", data_folder=lambda: shipped)
+
+    class OwnData:
+        @hookimpl
+        def mtbert_register_tasks(self, register):
+            register("own_sentiment", own)
+
+    plugins = tiny_plugins(("own-data", OwnData()))
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    table = tiny_recipe_table(tasks={"own_sentiment": {}, "tiny_similarity": {}})
+    table["data"]["dir"] = str(empty)  # the recipe's data.dir lacks the task's files: its own folder serves them
+    from mtbert.recipe import validate
+
+    recipe = validate(table, plugins)
+    missing = missing_data_files(recipe)
+    assert all("own_sentiment" not in line for line in missing) and any("tiny_similarity" in line for line in missing)
+    table["data"]["dir"] = str(tiny_data_dir())
+    folder, summary = run_tiny_recipe(plugins, tmp_path / "run", table=table)
+    assert "own_sentiment_acc" in summary["best"]["dev"]
+    files = json.loads((folder / "run.json").read_text())["data"]["own_sentiment"]
+    assert Path(files["train"]) == (shipped / "own-train.csv").resolve()

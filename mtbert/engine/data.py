@@ -71,7 +71,8 @@ def resolve_file(data_dir: Path, task_name: str, section: Any, spec: Any, split:
     default = spec.files.get(split)
     if default is None:
         return None, key
-    return data_dir / default, "data.dir"
+    folder = spec.default_folder(data_dir) if hasattr(spec, "default_folder") else data_dir
+    return folder / default, "data.dir"
 
 
 def missing_data_files(recipe: Any) -> list[str]:
@@ -89,11 +90,13 @@ def missing_data_files(recipe: Any) -> list[str]:
     for name, task_recipe in recipe.tasks.items():
         for split in ("train", "dev", "test"):
             path, key = resolve_file(data_dir, name, task_recipe.section, task_recipe.spec, split)
-            if path is None or path.is_file() or (key == "data.dir" and (split == "test" or folder_missing)):
+            own = getattr(task_recipe.spec, "data_folder", None) is not None  # the task ships its files
+            if path is None or path.is_file() or (key == "data.dir" and (split == "test" or (folder_missing and not own))):
                 continue
             where = f"data.dir ({name} {split})" if key == "data.dir" else f"{key} ({name} {split})"
             problems.append(f"data file for {where} not found: {path}")
-    uses_folder = any(not getattr(t.section, f"{split}_file") for t in recipe.tasks.values() for split in ("train", "dev"))
+    uses_folder = any(not getattr(t.section, f"{split}_file") and getattr(t.spec, "data_folder", None) is None
+                      for t in recipe.tasks.values() for split in ("train", "dev"))
     if folder_missing and uses_folder:
         problems.insert(0, f"data folder not found: {data_dir} (set ${DATA_DIR_ENV}, --set data.dir=PATH, or dir under [data])")
     return problems
