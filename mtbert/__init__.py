@@ -31,9 +31,9 @@ def run(recipe, overrides=(), out=None, **options):
     """Train a recipe and return ``(folder, metrics)``: ``mtbert.run("quickstart", ["optim.lr=3e-5"], out="runs/a")``.
 
     ``recipe``: a recipe file, a shipped recipe's name or a dict of recipe keys. See
-    :func:`mtbert.api.run` for the options (``resume``, ``plugins``, ``say``, ``progress``).
+    :func:`mtbert.run_api.run` for the options (``resume``, ``plugins``, ``say``, ``progress``).
     """
-    from mtbert.api import run as _run
+    from mtbert.run_api import run as _run
 
     return _run(recipe, overrides, out, **options)
 

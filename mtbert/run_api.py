@@ -1,4 +1,4 @@
-"""The Python API: ``mtbert.run(recipe, overrides=[...], out=...)``.
+"""The Python API for training: ``mtbert.run(recipe, overrides=[...], out=...)`` (this module's ``run``).
 
 What ``mtbert run`` does, callable from a script or a notebook. ``recipe`` is a recipe file,
 a shipped recipe's name (``"quickstart"``; a path that exists wins) or a dict with a recipe's
