@@ -45,7 +45,7 @@ def recipe_text(name: str, epochs: int, extra: str = "") -> str:
         name, 3, {"sst": {**HEAD, "train_limit": 39, "dev_limit": 16}, "sts": {**HEAD, "train_limit": 37, "dev_limit": 16}},
         model={"hidden_dropout": 0.0, "attention_dropout": 0.0},
         optim={"lr": 0.05, "eps": 1.0, "epochs": epochs, "batch_size": 12, "warmup": 0.0},
-        train={"predict": False, "device": "cpu"}, tail=extra)
+        train={"predict": False, "device": "cpu", "keep_last": True}, tail=extra)
 
 
 # Learned loss weights (their parameters are averaged across processes, the heads' summed).

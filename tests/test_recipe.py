@@ -153,6 +153,10 @@ def test_a_recipe_under_its_old_folder_still_loads_with_a_warning(builtin_plugin
     with pytest.warns(FutureWarning, match=r"recipes/seeds/ is now recipes/reports/"):
         recipe = load_recipe(Path("recipes/seeds/000-chan-rr-cosine.toml"), [], builtin_plugins)
     assert recipe.source == str(Path("recipes/reports/000-chan-rr-cosine.toml"))
+    from mtbert.shipped import resolve_recipe
+
+    with pytest.warns(FutureWarning, match=r"recipes/seeds/ is now recipes/reports/"):  # a shipped recipe's old name
+        assert resolve_recipe("seeds/000-chan-rr-cosine") == REPO / "recipes" / "reports" / "000-chan-rr-cosine.toml"
 
 
 def test_include_cycle_and_missing_include(write_recipe, builtin_plugins):

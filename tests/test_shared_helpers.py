@@ -73,6 +73,8 @@ def test_is_resumable_and_find_resumable(tmp_path):
     assert is_resumable(done) and is_resumable(open_) and not is_resumable(broken)
     assert find_resumable("r", runs) == open_  # a finished run is not continued
     (broken / "checkpoints" / "last.old").mkdir(parents=True)  # killed between the two renames
+    assert not is_resumable(broken)  # an empty folder is no saved state
+    (broken / "checkpoints" / "last.old" / "state.json").write_text("{}", encoding="utf-8")
     assert is_resumable(broken)
 
 

@@ -21,7 +21,7 @@ from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, NoHooks, resolve_device
 from mtbert.engine.evaluate import evaluate
 from mtbert.engine.multitask_model import MultitaskModel, build_model
-from mtbert.engine.run_records import RunLog, now
+from mtbert.engine.run_records import ENCODER_FILES, RunLog, now
 from mtbert.files import atomic_write_json, file_sha1
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
@@ -77,7 +77,7 @@ class RunContext:
 
     def interrupt_message(self) -> str:
         return (f"{self.stop_reason}: stopped at step {self.global_step}; state saved in {self.checkpoints / 'last'}; "
-                f"continue with: mtbert run {self.folder / 'recipe.toml'} --out {self.folder} --resume")
+                f"continue with: mtbert resume {self.folder}")
 
     # ----------------------------------------------------------------- set-up
     def build(self) -> None:
@@ -128,17 +128,22 @@ class RunContext:
                 data = load_split(task, split, path, key if key != "data.dir" else f"data.dir ({name} {split})",
                                   tokenizer=tokenizer, max_length=recipe.data.max_length,
                                   strict=recipe.data.strict, limit=limit, warn=self.warn,
-                                 slice_seed=recipe.data.slice_seed, cache=recipe.data.cache)
+                                  slice_seed=recipe.data.slice_seed, cache=recipe.data.cache,
+                                  progress=recipe.train.progress and self.distributed.is_main)
                 self.data_files.setdefault(name, {})[split] = str(path.resolve())
                 self.data_files[name][f"{split}_sha1"] = file_sha1(path)
                 self.data_files[name][f"{split}_rows"] = str(len(data.examples))
 
     def save_encoder_files(self) -> None:
-        """Config and vocabulary of the encoder, so eval and predict need no original checkpoint."""
-        folder = self.checkpoints / "encoder"
+        """Config and vocabulary of the encoder, so eval, predict and export need no original checkpoint.
+
+        ``checkpoints/encoder-config/`` holds no weights (they are in best.safetensors);
+        ``mtbert export`` writes a loadable Hugging Face folder.
+        """
+        folder = self.checkpoints / ENCODER_FILES
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "config.json", self.model.encoder.config.to_dict())
-        for name in ("vocab.txt", "tokenizer_config.json"):
+        for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
             source = self.backbone.folder / name
             if source.is_file():
                 shutil.copyfile(source, folder / name)
@@ -153,7 +158,8 @@ class RunContext:
         recipe = self.recipe
         start = time.perf_counter()
         metrics, outputs = evaluate(self.model, self.tasks, "dev", device=self.device,
-                                    precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size)
+                                    precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size,
+                                    progress=recipe.train.progress)
         self.last_predictions = {
             name: {"ids": ids, "predictions": predictions, "labels": list(self.tasks[name].splits["dev"].encoded.labels)}
             for name, (ids, predictions) in outputs.items()

@@ -16,6 +16,7 @@ import torch
 from mtbert.engine.batches import TaskData, eval_batches
 from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.device import autocast
+from mtbert.engine.progress import track
 
 
 def mean_score(metrics: dict[str, float], tasks: dict[str, TaskData]) -> float | None:
@@ -28,13 +29,15 @@ def mean_score(metrics: dict[str, float], tasks: dict[str, TaskData]) -> float |
 
 @torch.inference_mode()
 def predict_split(
-    model: Any, task: TaskData, split: str, *, device: torch.device, precision: str, batch_size: int
+    model: Any, task: TaskData, split: str, *, device: torch.device, precision: str, batch_size: int,
+    progress: bool = False,
 ) -> tuple[list[str], list[float | int], list[Any]]:
-    """(ids, predictions, labels) in file order for one task's split."""
+    """(ids, predictions, labels) in file order for one task's split (a bar on a terminal with ``progress``)."""
     head = model.heads[task.name]
     encoded = task.splits[split].encoded
     predictions: list[Any] = [None] * len(encoded)
-    for indices in eval_batches(encoded, batch_size):
+    batches = eval_batches(encoded, batch_size)
+    for indices in track(batches, len(batches), f"{split} {task.name}", enabled=progress):
         batch = task.collate(split, indices).to(device)
         with autocast(device, precision):
             raw = model(batch)
@@ -45,7 +48,8 @@ def predict_split(
 
 
 def evaluate(
-    model: Any, tasks: dict[str, TaskData], split: str, *, device: torch.device, precision: str, batch_size: int
+    model: Any, tasks: dict[str, TaskData], split: str, *, device: torch.device, precision: str, batch_size: int,
+    progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, tuple[list[str], list[Any]]]]:
     """Metrics of every task that has ``split`` loaded, plus ``mean``; and the predictions."""
     was_training = model.training
@@ -57,7 +61,7 @@ def evaluate(
             if split not in task.splits:
                 continue
             ids, predictions, labels = predict_split(
-                model, task, split, device=device, precision=precision, batch_size=batch_size
+                model, task, split, device=device, precision=precision, batch_size=batch_size, progress=progress
             )
             outputs[name] = (ids, predictions)
             if labels and all(label is not None for label in labels):
@@ -71,12 +75,13 @@ def evaluate(
 
 
 def write_predictions(model: Any, tasks: dict[str, TaskData], weights: Path, out: Path, *, device: torch.device,
-                      precision: str, batch_size: int) -> Path:
+                      precision: str, batch_size: int, progress: bool = False) -> Path:
     """Dev and test predictions of ``weights`` (the best checkpoint) in the tasks' submission format."""
     state, _ = load_weights(weights)
     model.load_state_dict(state)
     for split in ("dev", "test"):
-        _, outputs = evaluate(model, tasks, split, device=device, precision=precision, batch_size=batch_size)
+        _, outputs = evaluate(model, tasks, split, device=device, precision=precision, batch_size=batch_size,
+                              progress=progress)
         for name, (ids, predictions) in outputs.items():
             spec = tasks[name].spec
             spec.write_predictions(out / spec.prediction_filename(split), ids, predictions)

@@ -10,6 +10,7 @@ weights (they must be identical). The folder's layout is :mod:`mtbert.engine.run
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -179,8 +180,10 @@ def _run_recipe(
         if main and recipe.train.predict and run.best is not None:
             out = write_predictions(run.model, run.tasks, run.checkpoints / "best.safetensors", folder / "predictions",
                                     device=run.device, precision=recipe.train.precision,
-                                    batch_size=recipe.data.eval_batch_size)
+                                    batch_size=recipe.data.eval_batch_size, progress=recipe.train.progress)
             run.say(f"predictions written to {out}")
+        if main and not recipe.train.keep_last:
+            drop_last_state(run)
     except MtbertError as exc:
         status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
         raise
@@ -201,3 +204,10 @@ def _run_recipe(
                 run.hook.mtbert_on_run_end(run=run, summary=summary)
             run.log.close()
     return folder, summary
+
+
+def drop_last_state(run: RunContext) -> None:
+    """A finished run needs no resumable state: remove ``checkpoints/last`` (weights and optimizer state)."""
+    for folder in (run.checkpoints / "last", run.checkpoints / "last.old"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)

@@ -20,10 +20,14 @@ from typing import Any, Callable
 
 import torch
 
-import mtbert
 from mtbert.errors import CheckpointError, RecipeError
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe, changed_keys, validate
+from mtbert.version import __version__
+
+
+#: Folder under checkpoints/ with the encoder's config and vocabulary (no weights).
+ENCODER_FILES = "encoder-config"
 
 
 def now() -> str:
@@ -84,14 +88,14 @@ def run_status(folder: Path) -> str | None:
     """``run.json``'s status (running, finished, failed, interrupted), None when unreadable."""
     try:
         return json.loads((folder / "run.json").read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
 
 
 def is_resumable(folder: Path) -> bool:
-    """Whether ``folder`` holds saved training state for ``--resume`` (``checkpoints/last``)."""
-    last = folder / "checkpoints" / "last"
-    return (last / "state.json").is_file() or last.with_name("last.old").is_dir()
+    """Whether ``folder`` holds saved training state for ``--resume``: ``checkpoints/last``, or
+    ``last.old`` when a crash came between the two renames of a save."""
+    return any((folder / "checkpoints" / name / "state.json").is_file() for name in ("last", "last.old"))
 
 
 def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:
@@ -124,8 +128,8 @@ def check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
 def run_record(run: Any, status: str, started: str, extra: dict[str, Any]) -> dict[str, Any]:
     device = run.device
     info = {
-        "mtbert_version": mtbert.__version__,
-        "git": git_commit(Path(mtbert.__file__).resolve().parent),
+        "mtbert_version": __version__,
+        "git": git_commit(Path(__file__).resolve().parents[1]),  # mtbert's own checkout
         "command": sys.argv,
         "recipe": run.recipe.name,
         "recipe_source": run.recipe.source,

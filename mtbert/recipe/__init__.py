@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from mtbert.recipe.keys import NEUTRAL_KEYS, changed_keys, flatten_recipe
 from mtbert.recipe.reading import (
-    apply_override, apply_overrides, locate, merge_tables, override_key, parse_override, read_with_includes,
+    apply_override, apply_overrides, key_label, locate, merge_tables, override_key, parse_override, read_with_includes,
+    split_key, with_includes,
 )
 from mtbert.recipe.resolve import resolve_component
 from mtbert.recipe.resolved import ComponentSpec, Recipe, TaskRecipe
@@ -34,6 +35,7 @@ from mtbert.recipe.validate import load_recipe, validate
 __all__ = [
     "DATA_DIR_ENV", "NEUTRAL_KEYS", "TOP_LEVEL", "ComponentSpec", "DataSection", "ModelSection", "OptimSection",
     "Recipe", "TaskRecipe", "TaskSection", "TrainSection", "apply_override", "apply_overrides", "changed_keys",
-    "check_sweep_table", "default_input_format", "flatten_recipe", "load_recipe", "locate", "merge_tables",
-    "override_key", "parse_override", "read_with_includes", "resolve_component", "validate",
+    "check_sweep_table", "default_input_format", "flatten_recipe", "key_label", "load_recipe", "locate",
+    "merge_tables", "override_key", "parse_override", "read_with_includes", "resolve_component", "split_key",
+    "validate", "with_includes",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 #: Keys that change where or how fast a run goes, not what it computes: ``--resume`` accepts a
 #: change in them, a sweep reruns nothing for them, and compare shows no column for them.
-NEUTRAL_KEYS = frozenset({"train.progress", "train.device", "train.threads", "data.dir", "data.cache"})
+NEUTRAL_KEYS = frozenset({"train.progress", "train.keep_last", "train.device", "train.threads", "data.dir", "data.cache"})
 
 
 def flatten_recipe(table: Any, prefix: str = "") -> dict[str, Any]:

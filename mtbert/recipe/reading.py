@@ -73,18 +73,29 @@ def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[
         cycle = " -> ".join(str(p) for p in (*_chain, path))
         raise RecipeError(f"{path}: include cycle: {cycle}")
     table = _read_toml(path, str(_chain[-1]) if _chain else "recipe")
+    merged, files = with_includes(table, path.parent, str(path), (*_chain, path))
+    return merged, [path, *files]
+
+
+def with_includes(table: dict[str, Any], folder: Path, where: str,
+                  _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], list[Path]]:
+    """``table`` over the files its ``include`` names (relative to ``folder``), and those files.
+
+    ``where`` names the table in errors (its file, or ``recipe dict`` for the Python API).
+    """
+    table = dict(table)
     includes = table.pop("include", [])
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise RecipeError(f"{path}: include: must be a file name or a list of file names")
+        raise RecipeError(f"{where}: include: must be a file name or a list of file names")
     merged: dict[str, Any] = {}
-    files = [path]
+    files: list[Path] = []
     for include in includes:
-        included_path = (path.parent / include)
+        included_path = folder / include
         if not included_path.is_file():
-            raise RecipeError(f"{path}: include: file not found: {included_path}")
-        sub, sub_files = read_with_includes(included_path, (*_chain, path))
+            raise RecipeError(f"{where}: include: file not found: {included_path}")
+        sub, sub_files = read_with_includes(included_path, _chain)
         merged = merge_tables(merged, sub)
         files.extend(sub_files)
     return merge_tables(merged, table), files
@@ -93,19 +104,50 @@ def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[
 _INDEX = re.compile(r"^\d+$")
 
 
+_KEY_PART = re.compile(r"^([^\[\]]*)((?:\[\d+\])*)$")
+
+
+def split_key(key: str) -> list[str] | None:
+    """``gradient_transforms[0].c`` -> ``["gradient_transforms", "0", "c"]``; None when malformed.
+
+    List items are reached with the names ``compare`` and TensorBoard print (``name[0]``); a
+    bare index (``gradient_transforms.0.c``) works too.
+    """
+    parts: list[str] = []
+    for piece in key.split("."):
+        match = _KEY_PART.match(piece.strip())
+        if match is None or (not match.group(1) and not match.group(2)):
+            return None
+        if match.group(1):
+            parts.append(match.group(1))
+        parts.extend(re.findall(r"\[(\d+)\]", match.group(2)))
+    return parts or None
+
+
+def key_label(parts: list[str]) -> str:
+    """The printed name of a key path: ``["stages", "0", "epochs"]`` -> ``stages[0].epochs``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if _INDEX.match(part) and out else (f".{part}" if out else part)
+    return out
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], value), the value read as a TOML value when it parses."""
+    """``a.b[0].c=value`` -> (["a", "b", "0", "c"], value), the value read as a TOML value when it parses."""
     if "=" not in text:
         raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE")
     key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    parts = split_key(key.strip())
+    if parts is None:
         raise RecipeError(f"--set {text!r}: empty key in the key path")
+    if parts[0] == "include":
+        raise RecipeError(f"--set {text}: include cannot be overridden (it is read before --set applies); "
+                          "write include = ... in a recipe file (mtbert recipes copy NAME gives an editable one)")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # bare words are strings: --set sampler.name=loop
-    return key.split("."), value
+    return parts, value
 
 
 def apply_overrides(table: dict[str, Any], texts: Iterable[str]) -> dict[str, Any]:
@@ -117,8 +159,8 @@ def apply_overrides(table: dict[str, Any], texts: Iterable[str]) -> dict[str, An
 
 
 def override_key(text: str) -> str:
-    """The dotted key path a ``--set`` string sets (``"optim.lr=1e-5"`` -> ``"optim.lr"``)."""
-    return ".".join(parse_override(text)[0])
+    """The key path a ``--set`` string sets, as problems print it (``"stages.0.epochs=2"`` -> ``"stages[0].epochs"``)."""
+    return key_label(parse_override(text)[0])
 
 
 def apply_override(table: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
@@ -128,7 +170,8 @@ def apply_override(table: dict[str, Any], parts: list[str], value: Any, text: st
         nxt = parts[i + 1]
         if isinstance(node, list):
             if not _INDEX.match(part) or int(part) >= len(node):
-                raise RecipeError(f"--set {text}: {'.'.join(parts[:i + 1])}: no such list item")
+                raise RecipeError(f"--set {text}: {key_label(parts[:i + 1])}: no such list item "
+                                  f"(the list has {len(node)} item{'s' if len(node) != 1 else ''})")
             node = node[int(part)]
             continue
         child = node.get(part)
@@ -139,12 +182,13 @@ def apply_override(table: dict[str, Any], parts: list[str], value: Any, text: st
             child = {"name": child}  # a component given by name gains options
             node[part] = child
         elif not isinstance(child, (dict, list)):
-            raise RecipeError(f"--set {text}: {'.'.join(parts[:i + 1])} is {child!r}, not a table")
+            raise RecipeError(f"--set {text}: {key_label(parts[:i + 1])} is {child!r}, not a table")
         node = child
     last = parts[-1]
     if isinstance(node, list):
         if not _INDEX.match(last) or int(last) >= len(node):
-            raise RecipeError(f"--set {text}: {'.'.join(parts)}: no such list item")
+            raise RecipeError(f"--set {text}: {key_label(parts)}: no such list item "
+                              f"(the list has {len(node)} item{'s' if len(node) != 1 else ''})")
         node[int(last)] = value
     else:
         node[last] = value

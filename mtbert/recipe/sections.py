@@ -76,6 +76,7 @@ class TrainSection:
     select: str = option("mean", help="dev metric that picks the best checkpoint (mean, sst_acc, ...)")
     log_every: int = option(10, help="log training scalars every N optimizer steps", min=1)
     checkpoint_every: int | None = option(None, help="also save resumable state every N optimizer steps", min=1)
+    keep_last: bool = option(False, help="keep checkpoints/last (weights and optimizer state, what resuming needs) once the run has finished; an unfinished run always keeps it")
     max_steps_per_epoch: int | None = option(None, help="cut every epoch after N sampler steps (quick experiments)", min=1)
     progress: bool = option(True, help="show a progress bar on the terminal")
     threads: int | None = option(None, help="CPU threads for torch (default: torch's choice)", min=1)

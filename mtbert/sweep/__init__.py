@@ -23,8 +23,8 @@ from mtbert.sweep.variants import (
 )
 
 __all__ = [
-    "SweepResult", "Variant", "grid_variants", "parse_grid", "preflight", "read_table", "run_sweep", "run_variant",
-    "same_recipe", "split_values", "suggest", "toml_literal",
+    "SweepResult", "Variant", "grid_variants", "load_variant", "parse_grid", "preflight", "read_table", "run_sweep",
+    "run_variant", "same_recipe", "split_values", "suggest", "toml_literal",
 ]
 
 

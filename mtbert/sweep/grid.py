@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 
 from mtbert.errors import RecipeError
-from mtbert.recipe import parse_override
+from mtbert.recipe import key_label, parse_override, split_key
 from mtbert.sweep.variants import Variant
 
 
@@ -50,10 +50,11 @@ def parse_grid(texts: list[str]) -> list[tuple[str, list[str]]]:
         if "=" not in text:
             raise RecipeError(f"--grid {text!r}: expected KEY.PATH=VALUE1,VALUE2,...")
         key, raw = text.split("=", 1)
-        key = key.strip()
+        parts = split_key(key.strip())
         values = split_values(raw)
-        if not key or any(not part for part in key.split(".")):
+        if parts is None:
             raise RecipeError(f"--grid {text!r}: empty key in the key path")
+        key = key_label(parts)
         if any(v == "" for v in values):
             raise RecipeError(f"--grid {text!r}: empty value (values are separated by commas)")
         if any(k == key for k, _ in grid):
