@@ -568,7 +568,7 @@ def _check_options_class(check: _Checker, options: Any) -> None:
     for field in attrs.fields(cls):
         if field.init and not field.name.startswith("_"):
             check.require(field.metadata.get("help"),
-                          f"option {field.name!r} has no help text: declare it with mtbert.schema.option(default, help=...)")
+                          f"option {field.name!r} has no help text: declare it with mtbert.api.option(default, help=...)")
     table = unstructure(options)
     try:
         tomli_w.dumps({"component": table})
@@ -986,7 +986,7 @@ def check_sampler(options: Any, *, name: str | None = None, plugins: Any = None,
 
 # --------------------------------------------------------------------------- loss combiners
 def _check_combined(check: _Checker, combined: Any, tasks: Sequence[str], where: str) -> None:
-    check.require(isinstance(combined, Combined), f"combine() must return mtbert.engine.components.Combined {where}")
+    check.require(isinstance(combined, Combined), f"combine() must return mtbert.api.Combined {where}")
     check.require(set(combined.weighted) == set(tasks), f"Combined.weighted has tasks {sorted(combined.weighted)}, the step had {sorted(tasks)} {where}")
     check.require(set(combined.weights) == set(tasks), f"Combined.weights has tasks {sorted(combined.weights)}, the step had {sorted(tasks)} {where}")
     for task in tasks:

@@ -24,7 +24,7 @@ Options and defaults:
   input (ignored for single sentences and ``concat-pair``, which are one sequence);
 * ``class_weights``: per-class weights of the classification loss (none by default).
 
-The output and loss follow the task's label kind (:class:`mtbert.engine.heads.TaskHeadModule`):
+The output and loss follow the task's label kind (:class:`mtbert.api.TaskHeadModule`):
 ``C`` logits and cross-entropy, one logit and binary cross-entropy, or one score and MSE.
 """
 

@@ -4,7 +4,7 @@ A plugin registers an *options class* per component (an attrs class, fields = re
 options). The engine instantiates it from the recipe, then calls the methods of its kind's
 contract below. The Protocols here are the one written source of those contracts, exported by
 :mod:`mtbert.api`: the hookspec docstrings and CONTRIBUTING.md point here, and
-tests/test_contract_docs.py fails when a signature they show differs from the Protocol's. A
+tests/test_hook_docs.py fails when a signature they show differs from the Protocol's. A
 member documented "Optional" may be left out; the engine then does without it. The
 dataclass-like types (:class:`Batch`, :class:`Features`, ...) are what flows between engine
 and plugins.
