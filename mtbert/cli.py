@@ -133,6 +133,8 @@ def plugin_report() -> dict[str, Any]:
             }
             if kind not in ("task", "checkpoint"):
                 entry["options"] = describe(factory)
+            if getattr(factory, "default_for", None):  # input formats and heads a recipe gets unasked
+                entry["default_for"] = list(factory.default_for)
             entries.append(entry)
         kinds[kind] = entries
     return {"mtbert": mtbert.__version__, "plugins": plugins.record(), "components": kinds, "failures": plugins.registry.failures}
@@ -156,7 +158,8 @@ def plugins(as_json: bool) -> None:
         if not entries:
             click.echo("  (none)")
         for entry in entries:
-            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]  {entry['description']}")
+            default = f"  (default for {' and '.join(entry['default_for'])} tasks)" if entry.get("default_for") else ""
+            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]  {entry['description']}{default}")
             for opt in entry.get("options", []):
                 default = json.dumps(opt["default"]) if opt["default"] != "(required)" else "(required)"
                 click.echo(f"      {opt['name']}: {opt['type']} = {default}  — {opt['help']}")

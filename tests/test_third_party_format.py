@@ -140,3 +140,17 @@ def test_two_components_claiming_one_default_are_a_recipe_error_naming_both(tmp_
     for name in ("tiny_paraphrase", "tiny_similarity"):
         table["tasks"][name] = {"input": "claims-pairs"}
     assert validate(table, claiming).tasks["tiny_paraphrase"].input.name == "claims-pairs"
+
+
+def test_mtbert_plugins_shows_which_components_are_defaults():
+    from click.testing import CliRunner
+
+    from mtbert.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugins"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ") and line.split()}
+    assert lines["separate-pair"].endswith("(default for pair tasks)")
+    assert lines["single"].endswith("(default for single tasks)")
+    assert lines["linear"].endswith("(default for single and pair tasks)")
+    assert "default for" not in lines["concat-pair"] and "default for" not in lines["mlp"]
