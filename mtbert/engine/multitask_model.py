@@ -63,7 +63,7 @@ def weights_sha1(model: nn.Module) -> str:
 def build_model(recipe: Any, encoder: Any) -> MultitaskModel:
     """The recipe's model: ``encoder`` and a head per task, each task with its input format."""
     heads = {
-        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.name)
+        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.options)
         for name, task_recipe in recipe.tasks.items()
     }
     formats = {name: task_recipe.input.options for name, task_recipe in recipe.tasks.items()}
