@@ -52,6 +52,12 @@ def guard(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("aborted", err=True)
             raise SystemExit(130)
+        except OSError as exc:  # a write no specific message covered: still one line naming the path
+            from mtbert.engine.checkpoint import describe_os_error
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{describe_os_error(exc, exc.filename)}", err=True)
+            raise SystemExit(2)
 
     return wrapper
 
@@ -74,8 +80,11 @@ def cli() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default runs/<name>-<time>).")
 @click.option("--name", help="Run name (default: the recipe's name).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved state (--out names it).")
+@click.option("--allow-data-change", is_flag=True,
+              help="With --resume: continue although a data file changed since the run started (recorded in run.json).")
 @guard
-def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool) -> None:
+def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool,
+        allow_data_change: bool) -> None:
     """Train RECIPE and write a run folder."""
     from mtbert.engine.run import run_recipe
     from mtbert.recipe import load_recipe
@@ -83,7 +92,10 @@ def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, name: str | 
     overrides = list(overrides) + ([f"name={json.dumps(name)}"] if name else [])
     plugins = _plugins()
     resolved = load_recipe(recipe, overrides, plugins)
-    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn)
+    if allow_data_change and not resume:
+        raise MtbertError("--allow-data-change only applies with --resume")
+    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn,
+                                 allow_data_change=allow_data_change)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return
     best = summary.get("best")
@@ -104,8 +116,14 @@ def validate(recipe: Path, overrides: tuple[str, ...], show: bool) -> None:
 
     from mtbert.engine.data import missing_data_files
 
+    from mtbert.engine.device import choose_device
+
     resolved = load_recipe(recipe, list(overrides), _plugins())
     missing = missing_data_files(resolved)
+    try:
+        choose_device(resolved.train.device)  # "cuda" on a machine without CUDA fails here, not in run
+    except RecipeError as exc:
+        missing = missing + exc.problems
     if missing:
         raise RecipeError(missing)
     if show:
@@ -163,11 +181,17 @@ def plugins(as_json: bool) -> None:
 
 
 def _write_eval(folder: Path, record: dict[str, Any]) -> None:
-    from mtbert.engine.checkpoint import atomic_write_json
+    from mtbert.engine.checkpoint import WriteError, atomic_write_json, describe_os_error
 
-    atomic_write_json(folder / "eval.json", record)
-    with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        atomic_write_json(folder / "eval.json", record)
+        with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except WriteError as exc:
+        raise MtbertError(f"{exc}; the metrics above were not saved in {folder}") from None
+    except OSError as exc:
+        raise MtbertError(f"cannot write {folder / 'evals.jsonl'}: {describe_os_error(exc)}; "
+                          f"the metrics above were not saved in {folder}") from None
 
 
 @cli.command(name="eval")
@@ -276,6 +300,10 @@ def sweep(recipe: Path, grid: tuple[str, ...], trials: int | None, out: Path | N
 
 
 def main() -> None:
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f): a write error with a message, not a silent kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cli(prog_name="mtbert")
 
 

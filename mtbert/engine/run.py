@@ -39,9 +39,12 @@ from mtbert.engine.data import TaskData, load_split, resolve_file
 from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, NoHooks, check_batch_sizes, from_environment, resolve_device
 from mtbert.engine.evaluate import evaluate
+from mtbert.engine.health import ModelHealth
+from mtbert.engine.hookguard import GuardedHooks
 from mtbert.engine.model import MultitaskModel
+from mtbert.engine.runfolder import RunLock, check_data_unchanged, clean_stale_temps, folder_holds_files, trim_evaluations
 from mtbert.engine.seeding import derive_seed
-from mtbert.errors import CheckpointError, MtbertError, RecipeError
+from mtbert.errors import CheckpointError, MtbertError, PluginError, RecipeError
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
 
@@ -86,12 +89,13 @@ def default_run_folder(name: str, root: Path = Path("runs")) -> Path:
 class RunLog:
     """metrics.jsonl, TensorBoard scalars and console lines."""
 
-    def __init__(self, folder: Path, say: Callable[[str], None]):
+    def __init__(self, folder: Path, say: Callable[[str], None], purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder = folder
         self.say = say
-        self.writer = SummaryWriter(log_dir=str(folder / "tb"))
+        # On resume, events logged after the saved state (by the interrupted process) are purged.
+        self.writer = SummaryWriter(log_dir=str(folder / "tb"), purge_step=purge_step)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -131,6 +135,7 @@ class RunContext:
         self.last: dict[str, Any] | None = None
         self.stop_requested = False
         self.stop_reason = ""
+        self.failure: str | None = None  # a plugin hook that raised: the run stops, saves and fails
         self.stage_index = 0
         self.log: RunLog | None = None
         self.model: MultitaskModel | None = None
@@ -143,8 +148,12 @@ class RunContext:
 
     @property
     def hook(self) -> Any:
-        """The plugins' event hooks; rank 0 alone calls them under data parallelism."""
-        return self.plugins.hook if self.distributed.is_main else NoHooks()
+        """The plugins' event hooks (rank 0 alone calls them under data parallelism).
+
+        A hook that raises does not end the run at once: :class:`GuardedHooks` records the
+        plugin and hook and asks the loop to stop, so the state is saved before the run fails.
+        """
+        return GuardedHooks(self) if self.distributed.is_main else NoHooks()
 
     @property
     def checkpoints(self) -> Path:
@@ -157,7 +166,10 @@ class RunContext:
 
     def interrupt_message(self) -> str:
         return (f"{self.stop_reason}: stopped at step {self.global_step}; state saved in {self.checkpoints / 'last'}; "
-                f"continue with: mtbert run {self.folder / 'recipe.toml'} --out {self.folder} --resume")
+                f"continue with: {self.resume_command()}")
+
+    def resume_command(self) -> str:
+        return f"mtbert run {self.folder / 'recipe.toml'} --out {self.folder} --resume"
 
     # ----------------------------------------------------------------- set-up
     def build(self) -> None:
@@ -186,6 +198,7 @@ class RunContext:
             self.model.encoder.compile()
         if self.distributed.is_main:
             self.save_encoder_files()
+        self.health = ModelHealth(self.model)
 
     def load_data(self, tokenizer: Any, splits: tuple[str, ...]) -> None:
         recipe = self.recipe
@@ -241,6 +254,9 @@ class RunContext:
         eval_seconds = time.perf_counter() - start
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == "mean" or k.endswith(("_acc", "_pearson")))
         self.say(f"[{stage} epoch {epoch + 1}] dev {shown}  (train {train_seconds:.0f}s, eval {eval_seconds:.0f}s)")
+        collapse = self.health.check(self.model, self.last_predictions, {n: t.spec for n, t in self.tasks.items()})
+        if collapse:
+            self.warn(f"warning: MODEL COLLAPSE at step {self.global_step} ({stage} epoch {epoch + 1}): {collapse}")
         return metrics
 
     def record_evaluation(self, trainer: Any, metrics: dict[str, float]) -> bool:
@@ -360,35 +376,44 @@ def _run_json(run: RunContext, status: str, started: str, extra: dict[str, Any])
 
 
 class _StopOnSignal:
-    """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
+    """First Ctrl-C or SIGTERM: finish the current step, save, stop. A second one: stop at once.
+
+    SIGTERM is what ``timeout``, SLURM, ``docker stop`` and systemd send before they kill: it
+    is treated like Ctrl-C, so the run saves ``checkpoints/last`` and is marked interrupted.
+    """
+
+    SIGNALS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
 
     def __init__(self, run: RunContext):
         self.run = run
-        self.previous = None
+        self.previous: dict[int, Any] = {}
         self.first = 0.0
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self.handle)
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self.handle)
         return self
 
     def handle(self, signum, frame):
-        if self.run.stop_requested:
+        if self.run.stop_requested and self.run.failure is None:
             # Under torchrun a Ctrl-C reaches a worker twice (from the terminal and forwarded by
             # torchrun's agent): only a second Ctrl-C that comes later aborts.
             if self.run.distributed.enabled and time.monotonic() - self.first < 3.0:
                 return
             raise KeyboardInterrupt
         self.first = time.monotonic()
-        self.run.request_stop("interrupted (Ctrl-C)")
+        self.run.request_stop(self.SIGNALS.get(signum, "interrupted"))
         if self.run.distributed.is_main:
-            print("\ninterrupt: finishing this step and saving state (Ctrl-C again to abort without saving)",
+            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            print(f"\n{name}: finishing this step and saving state ({name} again to abort without saving)",
                   file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
         return False
 
 
@@ -406,7 +431,12 @@ def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     from mtbert.recipe import validate
 
     try:
-        old = validate(tomllib.loads(saved.read_text(encoding="utf-8")), plugins, source=str(saved)).to_dict()
+        table = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"--resume: {saved} is damaged ({str(exc).splitlines()[0]}); the run cannot be "
+                              f"checked against it: restore the file or start a new run") from None
+    try:
+        old = validate(table, plugins, source=str(saved)).to_dict()
     except RecipeError as exc:
         raise RecipeError(f"--resume: the saved recipe {saved} no longer validates: {exc.problems[0]}") from None
     new = recipe.to_dict()
@@ -457,23 +487,41 @@ def _check_data_parallel_stages(recipe: Recipe, world: int) -> None:
 
 def run_recipe(
     recipe: Recipe, plugins: Plugins, *, out: Path | None = None, resume: bool = False,
-    say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+    say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None, allow_data_change: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train a recipe; returns the run folder and the metrics summary.
+
+    The run folder is locked for the run's life (:class:`mtbert.engine.runfolder.RunLock`): a
+    second run or resume into it is refused naming this process. A resume refuses data files
+    whose SHA-1 changed since the run started unless ``allow_data_change``.
 
     Started by torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), this process joins
     the job and trains its share of every batch; it leaves the job at the end.
     """
     job, _ = from_environment(choose_device(recipe.train.device))
+    locks: list[RunLock] = []
     try:
-        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn)
+        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn,
+                           allow_data_change=allow_data_change, locks=locks)
     finally:
+        for lock in locks:
+            lock.release()
         job.close()
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a run folder, or one line saying why it cannot be (a file in the way, read-only...)."""
+    from mtbert.engine.checkpoint import describe_os_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"--out: cannot create the run folder {folder}: {describe_os_error(exc, folder)}") from None
 
 
 def _run_recipe(
     recipe: Recipe, plugins: Plugins, job: Distributed, *, out: Path | None, resume: bool,
-    say: Callable[[str], None], warn: Callable[[str], None] | None,
+    say: Callable[[str], None], warn: Callable[[str], None] | None, allow_data_change: bool, locks: list[RunLock],
 ) -> tuple[Path, dict[str, Any]]:
     main = job.is_main
     check_batch_sizes(recipe, job.world_size)
@@ -484,18 +532,25 @@ def _run_recipe(
             folder = out or find_resumable(recipe.name)
             if folder is None:
                 raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
+            if not folder.is_dir():
+                raise CheckpointError(f"--resume: {folder} is not a run folder (it is not a folder)")
+            locks.append(RunLock(folder).acquire("--resume"))
             _check_resume(folder, recipe, plugins)
         else:
             folder = out or default_run_folder(recipe.name)
-            if folder.exists() and any(folder.iterdir()):
+            if folder_holds_files(folder):  # before locking: the lock file itself would make it non-empty
                 raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
-        folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
+            locks.append(RunLock(folder).acquire("--out"))
+            if folder_holds_files(folder):  # another process filled it between the check and the lock
+                raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
+        clean_stale_temps(folder, say)
         return folder
 
     folder = job.on_main(choose_folder)
     resume_state = None
     if resume:
-        loaded = load_training_state(folder / "checkpoints" / "last")
+        loaded = load_training_state(folder / "checkpoints" / "last", required=("global_step", "best", "last", "trainer"))
         if loaded is None:
             raise CheckpointError(f"--resume: {folder} holds no saved training state (checkpoints/last)")
         model_state, resume_state = loaded
@@ -507,9 +562,16 @@ def _run_recipe(
         try:
             previous_info = json.loads((folder / "run.json").read_text())
         except ValueError:
+            run.warn(f"warning: --resume: {folder / 'run.json'} is damaged; its times and resume count start again")
+        if not isinstance(previous_info, dict):
             previous_info = {}
     started = previous_info.get("started", _now())
     run.build()
+    data_changes: list[dict[str, str]] = []
+    if resume and main:
+        data_changes = check_data_unchanged(folder, run.data_files, allow=allow_data_change, warn=run.warn)
+        data_changes = list(previous_info.get("data_changes", [])) + [
+            {**change, "time": _now(), "resume": int(previous_info.get("resumes", 0)) + 1} for change in data_changes]
     if resume_state is not None:
         run.model.load_state_dict(resume_state["model"])
         for (_, regularizer), saved in zip(run.regularizers, resume_state.get("regularizers", [])):
@@ -525,9 +587,18 @@ def _run_recipe(
         job.broadcast_module_(run.model)  # identical weights everywhere from the start, as DDP does
         torch.manual_seed(derive_seed(recipe.seed, "dropout", job.rank))  # distinct dropout per process
     resumes = int(previous_info.get("resumes", -1)) + 1 if resume else 0
+    extra_info: dict[str, Any] = {"resumes": resumes}
+    if data_changes:
+        extra_info["data_changes"] = data_changes  # resumed with --allow-data-change on other data
+    purge_step = None
+    if main and resume_state is not None:
+        trimmed = trim_evaluations(folder, run.global_step, int(resume_state["trainer"].get("stage_index", 0)))
+        if trimmed:
+            run.say(f"dropped {trimmed} evaluation(s) logged after the saved state from metrics.jsonl")
+        purge_step = run.global_step + 1
     if main:
-        atomic_write_json(folder / "run.json", _run_json(run, "running", started, {"resumes": resumes}))
-        run.log = RunLog(folder, say)
+        atomic_write_json(folder / "run.json", _run_json(run, "running", started, extra_info))
+        run.log = RunLog(folder, say, purge_step=purge_step)
         if resume_state is None:
             run.log.text("recipe", "```toml\n" + recipe.to_toml() + "\n```")
             run.log.text("plugins", "\n".join(f"- {p['name']} {p['version']} ({p['distribution']}): {', '.join(p['components'])}"
@@ -549,12 +620,18 @@ def _run_recipe(
             if len(set(hashes)) != 1:
                 run.warn("the processes ended with different weights (see distributed.weights_sha1 in run.json); "
                          "this is a bug in a component's data-parallel support")
+        if run.failure is not None:  # a hook failed in the last epoch: its state is saved, the run is not done
+            status = "failed"
+            raise PluginError(f"{run.failure}")
         if main and recipe.train.predict and run.best is not None:
             write_predictions(run)
     except MtbertError as exc:
         from mtbert.engine.trainer import RunInterrupted
 
         status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+        if isinstance(exc, RunInterrupted) and run.failure is not None:
+            status = "failed"
+            raise PluginError(f"{run.failure}; state saved in {run.checkpoints / 'last'} at step {run.global_step}") from None
         raise
     except KeyboardInterrupt:
         status = "interrupted"
@@ -564,15 +641,30 @@ def _run_recipe(
         previous_seconds = float(previous_info.get("train_seconds", 0.0)) if resume else 0.0
         summary = {"best": run.best, "last": run.last}
         if main:
-            run.write_summary()
-            atomic_write_json(folder / "run.json", _run_json(run, status, started, {
-                "finished": _now(), "train_seconds": previous_seconds + elapsed, "resumes": resumes,
+            _finish_files(run, folder, status, _run_json(run, status, started, {
+                **extra_info, "finished": _now(), "train_seconds": previous_seconds + elapsed,
             }))
         if run.log is not None:
             if status == "finished":
                 run.hook.mtbert_on_run_end(run=run, summary=summary)
-            run.log.close()
+            try:
+                run.log.close()
+            except OSError as exc:
+                run.warn(f"warning: cannot finish the TensorBoard log in {folder / 'tb'}: {exc}")
     return folder, summary
+
+
+def _finish_files(run: RunContext, folder: Path, status: str, info: dict[str, Any]) -> None:
+    """metrics.json and run.json at the end; a full disk here must not hide the run's own error."""
+    try:
+        run.write_summary()
+        atomic_write_json(folder / "run.json", info)
+    except OSError as exc:
+        from mtbert.engine.checkpoint import describe_os_error
+
+        run.warn(f"warning: cannot record the run's end ({status}) in {folder}: {describe_os_error(exc, folder)}")
+        if status == "finished":
+            raise
 
 
 def write_predictions(run: RunContext) -> None:
