@@ -53,7 +53,8 @@ class WriteError(CheckpointError):
     def __init__(self, path: Path, exc: OSError):
         self.path = path
         self.errno = exc.errno
-        super().__init__(f"cannot write {path}: {describe_os_error(exc, path)}")
+        # The OS names the temporary file of the atomic write: the path itself says more.
+        super().__init__(f"cannot write {path}: {describe_os_error(exc, exc.filename)}")
 
 TENSOR_TAG = "__tensor__"
 DICT_TAG = "__dict__"
