@@ -36,9 +36,9 @@ DATA_DIR_ENV = "MTBERT_DATA_DIR"
 class ModelSection:
     checkpoint: str = option("minilm-l6", help="named checkpoint (mtbert plugins lists them) or a local HF-format BERT folder")
     mode: Literal["finetune", "pretrain"] = option("finetune", help="finetune: train the encoder too; pretrain: freeze it, train heads only")
-    hidden_dropout: float | None = option(None, help="dropout on hidden states (default: the checkpoint's)", min=0, max=1,
+    hidden_dropout: float | None = option(None, help="dropout on hidden states, 0 <= p < 1 (default: the checkpoint's)", min=0, max=1,
                                           max_exclusive=True)
-    attention_dropout: float | None = option(None, help="dropout on attention probabilities (default: the checkpoint's)",
+    attention_dropout: float | None = option(None, help="dropout on attention probabilities, 0 <= p < 1 (default: the checkpoint's)",
                                              min=0, max=1, max_exclusive=True)
     attention: Literal["sdpa", "math"] = option("sdpa", help="attention kernel: fused scaled_dot_product_attention or the explicit math path")
     gradient_checkpointing: bool = option(False, help="recompute layer activations in backward to save memory")

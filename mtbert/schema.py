@@ -266,6 +266,8 @@ def describe(cls: type) -> list[dict[str, Any]]:
         for bound in ("min", "max"):
             if field.metadata.get(bound) is not None:
                 entry[bound] = field.metadata[bound]
+                if field.metadata.get(f"{bound}_exclusive"):
+                    entry[f"{bound}_exclusive"] = True  # the bound itself is refused
         out.append(entry)
     return out
 

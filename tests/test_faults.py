@@ -542,6 +542,21 @@ def _damaged_run_json(b: Bench) -> tuple[int, str]:
     return code, [line for line in output.splitlines() if line.startswith("warning:")][0]
 
 
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _truncated_last_weights(b: Bench) -> tuple[int, str]:
+    _truncate(b.run_dir / "checkpoints" / "last" / "model.safetensors")
+    return b.run("--resume")
+
+
+def _truncated_best(b: Bench) -> tuple[int, str]:
+    _truncate(b.run_dir / "checkpoints" / "best.safetensors")
+    return b.cli("eval", b.run_dir)
+
+
 def _interrupted(b: Bench) -> None:
     b.interrupted_run()
     b.remember("checkpoints/last/model.safetensors", "checkpoints/last/state.json")
@@ -641,6 +656,12 @@ FAULTS = [
           r"^error: .*/checkpoints/last/state\.json is damaged \(", setup=_interrupted),
     Fault("a damaged run.json on --resume", _damaged_run_json,
           r"^warning: --resume: .*/run/run\.json is damaged", code=0, setup=_interrupted),
+    Fault("a truncated checkpoints/last/model.safetensors on --resume", _truncated_last_weights,
+          r"^error: .*/checkpoints/last: unreadable training state \(", setup=_interrupted),
+    Fault("a truncated best.safetensors on eval", _truncated_best,
+          r"^error: .*/checkpoints/best\.safetensors: unreadable checkpoint \(", setup=_finished),
+    Fault("an empty data file", _dirty("sts-dev.csv", lambda lines: []),
+          r"^error: .*sts-dev\.csv: the file is empty \(expected a header row\)$"),
     Fault("--allow-data-change without --resume", lambda b: (b.plugins(), b.run("--allow-data-change"))[1],
           r"^error: --allow-data-change only applies with --resume$"),
 ]

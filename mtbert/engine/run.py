@@ -21,10 +21,8 @@ import hashlib
 import json
 import platform
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +42,7 @@ from mtbert.engine.hookguard import GuardedHooks
 from mtbert.engine.model import MultitaskModel
 from mtbert.engine.runfolder import RunLock, check_data_unchanged, clean_stale_temps, folder_holds_files, trim_evaluations
 from mtbert.engine.seeding import derive_seed
+from mtbert.engine.signals import StopOnSignal
 from mtbert.errors import CheckpointError, MtbertError, PluginError, RecipeError
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
@@ -375,48 +374,6 @@ def _run_json(run: RunContext, status: str, started: str, extra: dict[str, Any])
     return info
 
 
-class _StopOnSignal:
-    """First Ctrl-C or SIGTERM: finish the current step, save, stop. A second one: stop at once.
-
-    SIGTERM is what ``timeout``, SLURM, ``docker stop`` and systemd send before they kill: it
-    is treated like Ctrl-C, so the run saves ``checkpoints/last`` and is marked interrupted.
-    """
-
-    SIGNALS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
-
-    def __init__(self, run: RunContext):
-        self.run = run
-        self.previous: dict[int, Any] = {}
-        self.first = 0.0
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self.previous[signum] = signal.getsignal(signum)
-                signal.signal(signum, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        if self.run.stop_requested and self.run.failure is None:
-            # Under torchrun a Ctrl-C reaches a worker twice (from the terminal and forwarded by
-            # torchrun's agent): only a second Ctrl-C that comes later aborts.
-            if self.run.distributed.enabled and time.monotonic() - self.first < 3.0:
-                return
-            raise KeyboardInterrupt
-        self.first = time.monotonic()
-        self.run.request_stop(self.SIGNALS.get(signum, "interrupted"))
-        if self.run.distributed.is_main:
-            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-            print(f"\n{name}: finishing this step and saving state ({name} again to abort without saving)",
-                  file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for signum, previous in self.previous.items():
-            if previous is not None:
-                signal.signal(signum, previous)
-        return False
-
-
 def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     """Refuse to resume with a recipe that trains differently from the saved one.
 
@@ -606,7 +563,7 @@ def _run_recipe(
     t0 = time.perf_counter()
     status = "failed"
     try:
-        with _StopOnSignal(run):
+        with StopOnSignal(run):
             run.hook.mtbert_on_run_start(run=run)
             for index, stage in enumerate(recipe.stages):
                 run.stage_index = index
