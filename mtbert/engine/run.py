@@ -319,6 +319,10 @@ def _quiet(_message: str) -> None:
     pass
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def weights_sha1(model: torch.nn.Module) -> str:
     """A hash of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
     digest = hashlib.sha1()
@@ -412,6 +416,19 @@ def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
         raise RecipeError(f"--resume: the recipe differs from the one {folder} was started with at {', '.join(changed[:5])}")
 
 
+def data_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
+    """The data files a run of ``recipe`` reads and their SHA-1, keyed as run.json's ``data``."""
+    data_dir = recipe.data_dir()
+    out: dict[str, dict[str, str]] = {}
+    for name, task_recipe in recipe.tasks.items():
+        for split in ("train", "dev", "test"):
+            path, _ = resolve_file(data_dir, name, task_recipe.section, task_recipe.spec, split)
+            if path is not None and path.is_file():
+                out.setdefault(name, {})[split] = str(path.resolve())
+                out[name][f"{split}_sha1"] = sha1_file(path)
+    return out
+
+
 def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:
     """The newest unfinished run folder of recipe ``name`` under ``root``."""
     candidates = sorted(root.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
@@ -484,6 +501,8 @@ def _run_recipe(
     check_batch_sizes(recipe, job.world_size)
     _check_data_parallel_stages(recipe, job.world_size)
 
+    changes: list[dict[str, str]] = []
+
     def choose_folder() -> Path:  # rank 0 decides; every process gets its answer (or its error)
         if resume:
             folder = out or find_resumable(recipe.name)
@@ -493,6 +512,8 @@ def _run_recipe(
                 raise CheckpointError(f"--resume: {folder} is not a run folder (it is not a folder)")
             locks.append(RunLock(folder).acquire("--resume"))
             _check_resume(folder, recipe, plugins)
+            # Before any work, and on rank 0 inside on_main so every process gets the refusal.
+            changes.extend(check_data_unchanged(folder, data_hashes(recipe), allow=allow_data_change, warn=warn or _stderr))
         else:
             folder = out or default_run_folder(recipe.name)
             if folder_holds_files(folder):  # before locking: the lock file itself would make it non-empty
@@ -526,9 +547,8 @@ def _run_recipe(
     run.build()
     data_changes: list[dict[str, str]] = []
     if resume and main:
-        data_changes = check_data_unchanged(folder, run.data_files, allow=allow_data_change, warn=run.warn)
         data_changes = list(previous_info.get("data_changes", [])) + [
-            {**change, "time": _now(), "resume": int(previous_info.get("resumes", 0)) + 1} for change in data_changes]
+            {**change, "time": _now(), "resume": int(previous_info.get("resumes", 0)) + 1} for change in changes]
     if resume_state is not None:
         run.model.load_state_dict(resume_state["model"])
         for (_, regularizer), saved in zip(run.regularizers, resume_state.get("regularizers", [])):
