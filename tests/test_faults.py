@@ -655,7 +655,7 @@ FAULTS = [
     Fault("state.json holding {} on --resume", _empty_state,
           r"^error: .*/checkpoints/last/state\.json is damaged \(", setup=_interrupted),
     Fault("a damaged run.json on --resume", _damaged_run_json,
-          r"^warning: --resume: .*/run/run\.json is damaged", code=0, setup=_interrupted),
+          r"^warning: --resume: .*/run/run\.json is (missing or )?damaged", code=0, setup=_interrupted),
     Fault("a truncated checkpoints/last/model.safetensors on --resume", _truncated_last_weights,
           r"^error: .*/checkpoints/last: unreadable training state \(", setup=_interrupted),
     Fault("a truncated best.safetensors on eval", _truncated_best,
