@@ -580,7 +580,7 @@ FAULTS = [
     Fault("resume with a changed data file", _resume_changed_data,
           r"^error: --resume: data file .*ids-sst-dev\.csv \(sst dev\) changed since .* add --allow-data-change",
           setup=_interrupted, intact=_changed_data_opt_in),
-    Fault("kill right after an evaluation, then resume", _kill_after_evaluation, r"^run folder: ", code=0,
+    Fault("kill right after an evaluation, then resume", _kill_after_evaluation, r"/run$", code=0,
           setup=lambda b: b.plugins(), intact=_evaluations_once),
     Fault("temporary checkpoint folders left by a crash", _stale_temporaries,
           r"^removed 2 temporary file\(s\) left by an interrupted write in .*/run$", code=0, setup=_interrupted,
@@ -588,7 +588,7 @@ FAULTS = [
     # ----------------------------------------------------------------- signals
     Fault("SIGTERM (timeout, SLURM, docker stop)", _sigterm,
           r"^interrupted: terminated \(SIGTERM\): stopped at step \d+; state saved in .*/checkpoints/last; "
-          r"continue with: mtbert run .*/recipe\.toml --out .*/run --resume$", code=130, intact=_sigterm_saved),
+          r"continue with: mtbert resume .*/run$", code=130, intact=_sigterm_saved),
     # ----------------------------------------------------------------- validation before any work
     Fault("optim.lr = nan in the recipe file", _validate(),
           r"^error: .*recipe\.toml:\d+: optim\.lr: nan is not a finite number$",
@@ -623,7 +623,7 @@ FAULTS = [
           r"^error: plugin exiting 0\.1 \(exiting-plugin\) failed to load: it called sys\.exit\('bye'\) while loading$"),
     Fault("a hook raising during training", _hook_raises_in_training,
           r"^error: plugin 'buggy' \(\(in-process\) -\) failed in mtbert_on_step_end at step 3: ValueError: boom; fix or "
-          r"disable it \(MTBERT_DISABLE_PLUGINS=buggy\) and continue with: mtbert run .* --resume; state saved in "
+          r"disable it \(MTBERT_DISABLE_PLUGINS=buggy\) and continue with: mtbert resume .*/run; state saved in "
           r".*/checkpoints/last at step 3$", intact=_saved_then_resumable),
     Fault("a hook raising in mtbert_on_run_end", _hook_raises_at_end,
           r"^warning: plugin 'buggy' .* failed in mtbert_on_run_end at step \d+: ValueError: boom; the run itself finished",
