@@ -24,8 +24,11 @@ from mtbert.version import __version__
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default runs/<name>-<time>).")
 @click.option("--name", help="Run name (default: the recipe's name).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved state (--out names it; see also mtbert resume).")
+@click.option("--allow-data-change", is_flag=True,
+              help="With --resume: continue although a data file changed since the run started (recorded in run.json).")
 @guard
-def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool) -> None:
+def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool,
+        allow_data_change: bool) -> None:
     """Train RECIPE (a file, or a shipped recipe's name: mtbert recipes lists them) and write a run folder.
 
     The last line printed is the run folder.
@@ -37,7 +40,10 @@ def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | N
     overrides = list(overrides) + ([f"name={json.dumps(name)}"] if name else [])
     plugins = cli_plugins()
     resolved = load_recipe(resolve_recipe(recipe), overrides, plugins)
-    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=warn)
+    if allow_data_change and not resume:
+        raise MtbertError("--allow-data-change only applies with --resume")
+    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=warn,
+                                 allow_data_change=allow_data_change)
     report_run(folder, summary)
 
 
@@ -52,9 +58,14 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
     from mtbert.shipped import resolve_recipe
 
     from mtbert.engine.batches import missing_data_files
+    from mtbert.engine.device import choose_device
 
     resolved = load_recipe(resolve_recipe(recipe), list(overrides), cli_plugins())
     missing = missing_data_files(resolved)
+    try:
+        choose_device(resolved.train.device)  # "cuda" on a machine without CUDA fails here, not in run
+    except RecipeError as exc:
+        missing = missing + exc.problems
     if missing:
         raise RecipeError(missing)
     if show:
@@ -163,11 +174,17 @@ def plugins(kind: str | None, as_json: bool) -> None:
 
 
 def _write_eval(folder: Path, record: dict[str, Any]) -> None:
-    from mtbert.files import atomic_write_json
+    from mtbert.files import WriteError, atomic_write_json, describe_os_error
 
-    atomic_write_json(folder / "eval.json", record)
-    with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        atomic_write_json(folder / "eval.json", record)
+        with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except WriteError as exc:
+        raise MtbertError(f"{exc}; the metrics above were not saved in {folder}") from None
+    except OSError as exc:
+        raise MtbertError(f"cannot write {folder / 'evals.jsonl'}: {describe_os_error(exc)}; "
+                          f"the metrics above were not saved in {folder}") from None
 
 
 @cli.command(name="eval")
@@ -281,6 +298,10 @@ from mtbert import commands as _commands  # noqa: E402,F401  (registers recipes,
 
 
 def main() -> None:
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f): a write error with a message, not a silent kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cli(prog_name="mtbert")
 
 

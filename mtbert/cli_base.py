@@ -55,6 +55,12 @@ def guard(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("aborted", err=True)
             raise SystemExit(130)
+        except OSError as exc:  # a write no specific message covered: still one line naming the path
+            from mtbert.files import describe_os_error
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{describe_os_error(exc, exc.filename)}", err=True)
+            raise SystemExit(2)
 
     return wrapper
 

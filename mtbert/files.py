@@ -9,12 +9,45 @@ one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from mtbert.errors import CheckpointError
+
+#: What to do about a failed write, by errno (the message names the path and the cause).
+_WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or choose another --out",
+    errno.EDQUOT: "the disk quota is used up: free space or choose another --out",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "permission denied: choose a folder you may write to",
+    errno.EPERM: "permission denied: choose a folder you may write to",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f): raise the limit",
+    errno.ENOTDIR: "a path component is a file, not a folder: choose another --out",
+    errno.EEXIST: "a file is in the way: choose another --out",
+}
+
+
+def describe_os_error(exc: OSError, path: Path | str | None = None) -> str:
+    """``<cause> (<what to do>)`` for a failed write, in one line."""
+    cause = exc.strerror or str(exc)
+    hint = _WRITE_HINTS.get(exc.errno or 0)
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return f"{cause}{where}; {hint}" if hint else f"{cause}{where}"
+
+
+class WriteError(CheckpointError):
+    """A run file or checkpoint could not be written (full disk, read-only folder, size limit...)."""
+
+    def __init__(self, path: Path, exc: OSError):
+        self.path = path
+        self.errno = exc.errno
+        # The OS names the temporary file of the atomic write: the path itself says more.
+        super().__init__(f"cannot write {path}: {describe_os_error(exc, exc.filename)}")
 
 
 @contextlib.contextmanager
@@ -23,14 +56,17 @@ def atomic_path(path: Path, *, mode: int | None = None, sync: bool = False) -> I
 
     Write the content to the yielded path (any writer: safetensors, ``Path.write_text``);
     ``mode`` sets its permissions (temporary files start as 0600); ``sync`` flushes it to disk
-    before the rename. On an error the temporary file is removed and ``path`` is untouched.
+    before the rename. On an error the temporary file is removed and ``path`` is untouched; an
+    OSError (a full disk, a read-only folder, a size limit) becomes a :class:`WriteError`
+    naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         if mode is not None:
             os.chmod(tmp, mode)
@@ -38,8 +74,11 @@ def atomic_path(path: Path, *, mode: int | None = None, sync: bool = False) -> I
             with tmp.open("rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from mtbert.errors import CheckpointError
-from mtbert.files import atomic_path
+from mtbert.files import WriteError, atomic_write_bytes
 
 TENSOR_TAG = "__tensor__"
 DICT_TAG = "__dict__"
@@ -74,9 +75,20 @@ def _state_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """Write a state dict as safetensors atomically, JSON metadata in the header."""
-    with atomic_path(path) as tmp:
-        save_file(_state_tensors(state), str(tmp), metadata={"mtbert": json.dumps(metadata or {})})
+    """Write a state dict as safetensors atomically, JSON metadata in the header.
+
+    The file is serialized in memory and written by Python, so a failed write is an OSError
+    with its errno (a full disk, a size limit), reported as a :class:`WriteError`.
+    """
+    meta = {"mtbert": json.dumps(metadata or {})}
+    atomic_write_bytes(path, safetensors_bytes(_state_tensors(state), metadata=meta))
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -95,13 +107,14 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def save_training_state(folder: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Write ``folder`` (e.g. ``checkpoints/last``) atomically: temp folder, then rename."""
     parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    tmp: Path | None = None
     try:
-        save_file(_state_tensors(model_state), str(tmp / "model.safetensors"))
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+        _write_file(tmp / "model.safetensors", safetensors_bytes(_state_tensors(model_state)))
         skeleton, tensors = split_tensors(state)
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(skeleton) + "\n", encoding="utf-8")
+        _write_file(tmp / "state.safetensors", safetensors_bytes(tensors))
+        _write_file(tmp / "state.json", (json.dumps(skeleton) + "\n").encode("utf-8"))
         old = parent / f"{folder.name}.old"
         if old.exists():
             shutil.rmtree(old)
@@ -110,13 +123,22 @@ def save_training_state(folder: Path, model_state: dict[str, torch.Tensor], stat
         os.replace(tmp, folder)
         if old.exists():
             shutil.rmtree(old)
+    except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(folder, exc) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def load_training_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The last saved state, or None when there is none (``<name>.old`` covers a crash mid-rename)."""
+def load_training_state(folder: Path, required: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The last saved state, or None when there is none (``<name>.old`` covers a crash mid-rename).
+
+    A state lacking one of the ``required`` keys (``state.json`` holding ``{}``) is reported
+    as damaged, naming the file.
+    """
     for candidate in (folder, folder.parent / f"{folder.name}.old"):
         if (candidate / "state.json").is_file():
             try:
@@ -125,5 +147,15 @@ def load_training_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str
                 skeleton = json.loads((candidate / "state.json").read_text(encoding="utf-8"))
             except Exception as exc:
                 raise CheckpointError(f"{candidate}: unreadable training state ({type(exc).__name__}: {exc})") from None
-            return model_state, join_tensors(skeleton, tensors)
+            try:
+                state = join_tensors(skeleton, tensors)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise CheckpointError(f"{candidate / 'state.json'} is damaged ({type(exc).__name__}: {exc}); "
+                                      "the run cannot be resumed from it") from None
+            missing = [key for key in required if not isinstance(state, dict) or key not in state]
+            if missing:
+                raise CheckpointError(f"{candidate / 'state.json'} is damaged (no {', '.join(missing)}); "
+                                      "the run cannot be resumed from it") from None
+            return model_state, state
     return None
+

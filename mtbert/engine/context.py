@@ -20,6 +20,8 @@ from mtbert.engine.checkpoint import save_training_state, save_weights
 from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, NoHooks, resolve_device
 from mtbert.engine.evaluate import evaluate
+from mtbert.engine.health import ModelHealth
+from mtbert.engine.hookguard import GuardedHooks
 from mtbert.engine.multitask_model import MultitaskModel, build_model
 from mtbert.engine.run_records import ENCODER_FILES, RunLog, now
 from mtbert.files import atomic_write_json, file_sha1
@@ -51,6 +53,7 @@ class RunContext:
         self.last: dict[str, Any] | None = None
         self.stop_requested = False
         self.stop_reason = ""
+        self.failure: str | None = None  # a plugin hook that raised: the run stops, saves and fails
         self.stage_index = 0
         self.log: RunLog | None = None
         self.model: MultitaskModel | None = None
@@ -63,8 +66,12 @@ class RunContext:
 
     @property
     def hook(self) -> Any:
-        """The plugins' event hooks; rank 0 alone calls them under data parallelism."""
-        return self.plugins.hook if self.distributed.is_main else NoHooks()
+        """The plugins' event hooks (rank 0 alone calls them under data parallelism).
+
+        A hook that raises does not end the run at once: :class:`GuardedHooks` records the
+        plugin and hook and asks the loop to stop, so the state is saved before the run fails.
+        """
+        return GuardedHooks(self) if self.distributed.is_main else NoHooks()
 
     @property
     def checkpoints(self) -> Path:
@@ -77,7 +84,10 @@ class RunContext:
 
     def interrupt_message(self) -> str:
         return (f"{self.stop_reason}: stopped at step {self.global_step}; state saved in {self.checkpoints / 'last'}; "
-                f"continue with: mtbert resume {self.folder}")
+                f"continue with: {self.resume_command()}")
+
+    def resume_command(self) -> str:
+        return f"mtbert resume {self.folder}"
 
     # ----------------------------------------------------------------- set-up
     def build(self) -> None:
@@ -106,6 +116,7 @@ class RunContext:
             self.model.encoder.compile()
         if self.distributed.is_main:
             self.save_encoder_files()
+        self.health = ModelHealth(self.model)
 
     def load_data(self, tokenizer: Any, splits: tuple[str, ...]) -> None:
         recipe = self.recipe
@@ -167,6 +178,9 @@ class RunContext:
         eval_seconds = time.perf_counter() - start
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == "mean" or k.endswith(("_acc", "_pearson")))
         self.say(f"[{stage} epoch {epoch + 1}] dev {shown}  (train {train_seconds:.0f}s, eval {eval_seconds:.0f}s)")
+        collapse = self.health.check(self.model, self.last_predictions, {n: t.spec for n, t in self.tasks.items()})
+        if collapse:
+            self.warn(f"warning: MODEL COLLAPSE at step {self.global_step} ({stage} epoch {epoch + 1}): {collapse}")
         return metrics
 
     def record_evaluation(self, trainer: Any, metrics: dict[str, float]) -> bool:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,47 +24,18 @@ from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, check_batch_sizes, from_environment
 from mtbert.engine.evaluate import write_predictions
 from mtbert.engine.multitask_model import weights_sha1
-from mtbert.engine.run_records import RunLog, check_resume, default_run_folder, find_resumable, now, run_record
+from mtbert.engine.run_records import (
+    RunLog, check_resume, data_hashes, default_run_folder, find_resumable, now, run_record,
+)
+from mtbert.engine.runfolder import RunLock, check_data_unchanged, clean_stale_temps, folder_holds_files, trim_evaluations
 from mtbert.engine.seeding import derive_seed
-from mtbert.errors import CheckpointError, MtbertError, RecipeError, RunInterrupted
-from mtbert.files import atomic_write_json, atomic_write_text
+from mtbert.engine.signals import StopOnSignal
+from mtbert.errors import CheckpointError, MtbertError, PluginError, RecipeError, RunInterrupted
+from mtbert.files import WriteError, atomic_write_json, atomic_write_text, describe_os_error
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
 
 __all__ = ["RunContext", "run_recipe"]
-
-
-class _StopOnSignal:
-    """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
-
-    def __init__(self, run: RunContext):
-        self.run = run
-        self.previous = None
-        self.first = 0.0
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        if self.run.stop_requested:
-            # Under torchrun a Ctrl-C reaches a worker twice (from the terminal and forwarded by
-            # torchrun's agent): only a second Ctrl-C that comes later aborts.
-            if self.run.distributed.enabled and time.monotonic() - self.first < 3.0:
-                return
-            raise KeyboardInterrupt
-        self.first = time.monotonic()
-        self.run.request_stop("interrupted (Ctrl-C)")
-        if self.run.distributed.is_main:
-            print("\ninterrupt: finishing this step and saving state (Ctrl-C again to abort without saving)",
-                  file=sys.stderr)
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
 
 
 def _check_data_parallel_stages(recipe: Recipe, world: int) -> None:
@@ -85,45 +54,76 @@ def _check_data_parallel_stages(recipe: Recipe, world: int) -> None:
 
 def run_recipe(
     recipe: Recipe, plugins: Plugins, *, out: Path | None = None, resume: bool = False,
-    say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+    say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None, allow_data_change: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train a recipe; returns the run folder and the metrics summary.
+
+    The run folder is locked for the run's life (:class:`mtbert.engine.runfolder.RunLock`): a
+    second run or resume into it is refused naming this process. A resume refuses data files
+    whose SHA-1 changed since the run started unless ``allow_data_change``.
 
     Started by torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), this process joins
     the job and trains its share of every batch; it leaves the job at the end.
     """
     job, _ = from_environment(choose_device(recipe.train.device))
+    locks: list[RunLock] = []
     try:
-        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn)
+        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn,
+                           allow_data_change=allow_data_change, locks=locks)
     finally:
+        for lock in locks:
+            lock.release()
         job.close()
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a run folder, or one line saying why it cannot be (a file in the way, read-only...)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"--out: cannot create the run folder {folder}: {describe_os_error(exc, folder)}") from None
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _run_recipe(
     recipe: Recipe, plugins: Plugins, job: Distributed, *, out: Path | None, resume: bool,
-    say: Callable[[str], None], warn: Callable[[str], None] | None,
+    say: Callable[[str], None], warn: Callable[[str], None] | None, allow_data_change: bool, locks: list[RunLock],
 ) -> tuple[Path, dict[str, Any]]:
     main = job.is_main
     check_batch_sizes(recipe, job.world_size)
     _check_data_parallel_stages(recipe, job.world_size)
+
+    changes: list[dict[str, str]] = []
 
     def choose_folder() -> Path:  # rank 0 decides; every process gets its answer (or its error)
         if resume:
             folder = out or find_resumable(recipe.name)
             if folder is None:
                 raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
+            if not folder.is_dir():
+                raise CheckpointError(f"--resume: {folder} is not a run folder (it is not a folder)")
+            locks.append(RunLock(folder).acquire("--resume"))
             check_resume(folder, recipe, plugins)
+            # Before any work, and on rank 0 inside on_main so every process gets the refusal.
+            changes.extend(check_data_unchanged(folder, data_hashes(recipe), allow=allow_data_change, warn=warn or _stderr))
         else:
             folder = out or default_run_folder(recipe.name)
-            if folder.exists() and any(folder.iterdir()):
+            if folder_holds_files(folder):  # before locking: the lock file itself would make it non-empty
                 raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
-        folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
+            locks.append(RunLock(folder).acquire("--out"))
+            if folder_holds_files(folder):  # another process filled it between the check and the lock
+                raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
+        clean_stale_temps(folder, say)
         return folder
 
     folder = job.on_main(choose_folder)
     resume_state = None
     if resume:
-        loaded = load_training_state(folder / "checkpoints" / "last")
+        loaded = load_training_state(folder / "checkpoints" / "last", required=("global_step", "best", "last", "trainer"))
         if loaded is None:
             raise CheckpointError(f"--resume: {folder} holds no saved training state (checkpoints/last)")
         model_state, resume_state = loaded
@@ -135,9 +135,15 @@ def _run_recipe(
         try:
             previous_info = json.loads((folder / "run.json").read_text())
         except ValueError:
+            run.warn(f"warning: --resume: {folder / 'run.json'} is damaged; its times and resume count start again")
+        if not isinstance(previous_info, dict):
             previous_info = {}
     started = previous_info.get("started", now())
     run.build()
+    data_changes: list[dict[str, str]] = []
+    if resume and main:
+        data_changes = list(previous_info.get("data_changes", [])) + [
+            {**change, "time": now(), "resume": int(previous_info.get("resumes", 0)) + 1} for change in changes]
     if resume_state is not None:
         run.model.load_state_dict(resume_state["model"])
         for (_, regularizer), saved in zip(run.regularizers, resume_state.get("regularizers", [])):
@@ -153,9 +159,18 @@ def _run_recipe(
         job.broadcast_module_(run.model)  # identical weights everywhere from the start, as DDP does
         torch.manual_seed(derive_seed(recipe.seed, "dropout", job.rank))  # distinct dropout per process
     resumes = int(previous_info.get("resumes", -1)) + 1 if resume else 0
+    extra_info: dict[str, Any] = {"resumes": resumes}
+    if data_changes:
+        extra_info["data_changes"] = data_changes  # resumed with --allow-data-change on other data
+    purge_step = None
+    if main and resume_state is not None:
+        trimmed = trim_evaluations(folder, run.global_step, int(resume_state["trainer"].get("stage_index", 0)))
+        if trimmed:
+            run.say(f"dropped {trimmed} evaluation(s) logged after the saved state from metrics.jsonl")
+        purge_step = run.global_step + 1
     if main:
-        atomic_write_json(folder / "run.json", run_record(run, "running", started, {"resumes": resumes}))
-        run.log = RunLog(folder, say)
+        atomic_write_json(folder / "run.json", run_record(run, "running", started, extra_info))
+        run.log = RunLog(folder, say, purge_step=purge_step)
         if resume_state is None:
             run.log.text("recipe", "```toml\n" + recipe.to_toml() + "\n```")
             run.log.text("plugins", "\n".join(f"- {p['name']} {p['version']} ({p['distribution']}): {', '.join(p['components'])}"
@@ -163,7 +178,7 @@ def _run_recipe(
     t0 = time.perf_counter()
     status = "failed"
     try:
-        with _StopOnSignal(run):
+        with StopOnSignal(run):
             run.hook.mtbert_on_run_start(run=run)
             for index, stage in enumerate(recipe.stages):
                 run.stage_index = index
@@ -179,6 +194,9 @@ def _run_recipe(
             if len(set(hashes)) != 1:
                 run.warn("the processes ended with different weights (see distributed.weights_sha1 in run.json); "
                          "this is a bug in a component's data-parallel support")
+        if run.failure is not None:  # a hook failed in the last epoch: its state is saved, the run is not done
+            status = "failed"
+            raise PluginError(f"{run.failure}")
         if main and recipe.train.predict and run.best is not None:
             out = write_predictions(run.model, run.tasks, run.checkpoints / "best.safetensors", folder / "predictions",
                                     device=run.device, precision=recipe.train.precision,
@@ -188,6 +206,9 @@ def _run_recipe(
             drop_last_state(run)
     except MtbertError as exc:
         status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+        if isinstance(exc, RunInterrupted) and run.failure is not None:
+            status = "failed"
+            raise PluginError(f"{run.failure}; state saved in {run.checkpoints / 'last'} at step {run.global_step}") from None
         raise
     except KeyboardInterrupt:
         status = "interrupted"
@@ -197,15 +218,28 @@ def _run_recipe(
         previous_seconds = float(previous_info.get("train_seconds", 0.0)) if resume else 0.0
         summary = {"best": run.best, "last": run.last}
         if main:
-            run.write_summary()
-            atomic_write_json(folder / "run.json", run_record(run, status, started, {
-                "finished": now(), "train_seconds": previous_seconds + elapsed, "resumes": resumes,
+            _finish_files(run, folder, status, run_record(run, status, started, {
+                **extra_info, "finished": now(), "train_seconds": previous_seconds + elapsed,
             }))
         if run.log is not None:
             if status == "finished":
                 run.hook.mtbert_on_run_end(run=run, summary=summary)
-            run.log.close()
+            try:
+                run.log.close()
+            except OSError as exc:
+                run.warn(f"warning: cannot finish the TensorBoard log in {folder / 'tb'}: {exc}")
     return folder, summary
+
+
+def _finish_files(run: RunContext, folder: Path, status: str, info: dict[str, Any]) -> None:
+    """metrics.json and run.json at the end; a full disk here must not hide the run's own error."""
+    try:
+        run.write_summary()
+        atomic_write_json(folder / "run.json", info)
+    except WriteError as exc:
+        run.warn(f"warning: cannot record the run's end ({status}): {exc}")
+        if status == "finished":
+            raise
 
 
 def drop_last_state(run: RunContext) -> None:

@@ -20,7 +20,9 @@ from typing import Any, Callable
 
 import torch
 
+from mtbert.engine.batches import resolve_file
 from mtbert.errors import CheckpointError, RecipeError
+from mtbert.files import file_sha1
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe, changed_keys, validate
 from mtbert.version import __version__
@@ -61,12 +63,13 @@ def default_run_folder(name: str, root: Path = Path("runs")) -> Path:
 class RunLog:
     """metrics.jsonl, TensorBoard scalars and console lines."""
 
-    def __init__(self, folder: Path, say: Callable[[str], None]):
+    def __init__(self, folder: Path, say: Callable[[str], None], purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder = folder
         self.say = say
-        self.writer = SummaryWriter(log_dir=str(folder / "tb"))
+        # On resume, events logged after the saved state (by the interrupted process) are purged.
+        self.writer = SummaryWriter(log_dir=str(folder / "tb"), purge_step=purge_step)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -117,12 +120,30 @@ def check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     if not saved.is_file():
         raise CheckpointError(f"--resume: {folder} is not a run folder (no recipe.toml)")
     try:
-        old = validate(tomllib.loads(saved.read_text(encoding="utf-8")), plugins, source=str(saved)).to_dict()
+        table = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"--resume: {saved} is damaged ({str(exc).splitlines()[0]}); the run cannot be "
+                              f"checked against it: restore the file or start a new run") from None
+    try:
+        old = validate(table, plugins, source=str(saved)).to_dict()
     except RecipeError as exc:
         raise RecipeError(f"--resume: the saved recipe {saved} no longer validates: {exc.problems[0]}") from None
     changed = changed_keys(old, recipe.to_dict())
     if changed:
         raise RecipeError(f"--resume: the recipe differs from the one {folder} was started with at {', '.join(changed[:5])}")
+
+
+def data_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
+    """The data files a run of ``recipe`` reads and their SHA-1, keyed as run.json's ``data``."""
+    data_dir = recipe.data_dir()
+    out: dict[str, dict[str, str]] = {}
+    for name, task_recipe in recipe.tasks.items():
+        for split in ("train", "dev", "test"):
+            path, _ = resolve_file(data_dir, name, task_recipe.section, task_recipe.spec, split)
+            if path is not None and path.is_file():
+                out.setdefault(name, {})[split] = str(path.resolve())
+                out[name][f"{split}_sha1"] = file_sha1(path)
+    return out
 
 
 def run_record(run: Any, status: str, started: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from mtbert.engine.components import PenaltyContext
 from mtbert.engine.device import autocast
 from mtbert.engine.distributed import Distributed, with_global_value
 from mtbert.engine.gradients import SharedGradients, apply_transforms
+from mtbert.engine.health import diverged_component
 from mtbert.engine.optim import build_optimizer, build_scheduler
 from mtbert.engine.progress import Progress
 from mtbert.engine.seeding import derive_seed
@@ -301,8 +302,8 @@ class MultitaskTrainer:
         total = float(combined.total.detach())
         if not math.isfinite(total):
             raise MtbertError(
-                f"training diverged: the loss became {total} at step {self.run.global_step + 1} "
-                f"(tasks {', '.join(tasks)}); lower optim.lr or add a clip-norm gradient transform"
+                f"training diverged: {diverged_component(self.run, logs, tasks, total)} at step "
+                f"{self.run.global_step + 1}; lower optim.lr or add a clip-norm gradient transform"
             )
         logs["loss/total"] = total
         for task, weight in combined.weights.items():

@@ -19,8 +19,10 @@ DATA_DIR_ENV = "MTBERT_DATA_DIR"
 class ModelSection:
     checkpoint: str = option("minilm-l6", help="named checkpoint (mtbert plugins lists them) or a local HF-format BERT folder")
     mode: Literal["finetune", "pretrain"] = option("finetune", help="finetune: train the encoder too; pretrain: freeze it, train heads only")
-    hidden_dropout: float | None = option(None, help="dropout on hidden states (default: the checkpoint's)", min=0, max=1)
-    attention_dropout: float | None = option(None, help="dropout on attention probabilities (default: the checkpoint's)", min=0, max=1)
+    hidden_dropout: float | None = option(None, help="dropout on hidden states, 0 <= p < 1 (default: the checkpoint's)", min=0, max=1,
+                                          max_exclusive=True)
+    attention_dropout: float | None = option(None, help="dropout on attention probabilities, 0 <= p < 1 (default: the checkpoint's)",
+                                             min=0, max=1, max_exclusive=True)
     attention: Literal["sdpa", "math"] = option("sdpa", help="attention kernel: fused scaled_dot_product_attention or the explicit math path")
     gradient_checkpointing: bool = option(False, help="recompute layer activations in backward to save memory")
 
@@ -57,7 +59,7 @@ class OptimSection:
     lr: float = option(2e-5, help="peak learning rate of the encoder", min=0, min_exclusive=True)
     head_lr: float | None = option(None, help="learning rate of the heads (default: lr)", min=0, min_exclusive=True)
     weight_decay: float = option(0.01, help="AdamW decoupled weight decay (not applied to biases and LayerNorm)", min=0)
-    betas: list[float] = option(factory=lambda: [0.9, 0.999], help="AdamW betas")
+    betas: list[float] = option(factory=lambda: [0.9, 0.999], help="AdamW betas", min=0, max=1, max_exclusive=True)
     eps: float = option(1e-8, help="AdamW epsilon", min=0, min_exclusive=True)
     epochs: int = option(3, help="epochs of the multitask stage", min=1)
     batch_size: int = option(16, help="training batch size per task", min=1)

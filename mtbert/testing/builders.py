@@ -44,6 +44,13 @@ def tiny_plugins(*extra: Any, strict: bool = True) -> Any:
             pairs.append((item.__name__, item))
         else:
             pairs.append((type(item).__name__, item))
+    import importlib.metadata as md
+
+    installed = {ep.name for ep in md.entry_points(group="mtbert")}
+    unknown = [name for name in entry_names if name not in installed]
+    if unknown:  # before loading: under strict loading an unknown name would be a PluginError
+        raise LookupError(f"no installed entry point named {', '.join(unknown)} in group 'mtbert' "
+                          f"(is the package installed? pip install -e .)")
     env = {
         "MTBERT_PLUGINS": ",".join(["builtin", *entry_names]),
         "MTBERT_DISABLE_PLUGINS": None,
