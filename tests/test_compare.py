@@ -318,7 +318,7 @@ def test_pooled_rows_get_bootstrap_intervals_against_a_baseline(seeded):
     # same seed, same intervals; Markdown shows them and explains how they were made
     md = invoke(*folders, "--baseline", str(base), "--resamples", "500")
     headers, cells, _ = markdown_rows(md.stdout)
-    cell = cells[1][headers.index("Δ mean")]
+    cell = next(c for c in cells if c[0] == "cmp-optim.lr=1e-2")[headers.index("Δ mean")]
     low, high = rows["cmp-optim.lr=1e-2"]["delta_mean_ci_low"], rows["cmp-optim.lr=1e-2"]["delta_mean_ci_high"]
     assert f"[{low:+.3f}, {high:+.3f}]" in cell
     assert cell.startswith("**") == (low > 0 or high < 0)  # bold: the interval excludes 0
