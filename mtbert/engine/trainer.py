@@ -22,6 +22,7 @@ everywhere. Evaluation and files are rank 0's; early stopping and stop requests 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any
@@ -40,6 +41,22 @@ from mtbert.errors import MtbertError
 
 class RunInterrupted(MtbertError):
     """Training stopped on request (Ctrl-C or a plugin); the state was saved for --resume."""
+
+
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` takes the keyword ``name`` (optional parts of a component contract)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def build_transform(options: Any, shared: list[torch.nn.Parameter], seed: int) -> Any:
+    """A gradient transform; one whose ``build`` takes ``seed`` gets one derived from the recipe's."""
+    if accepts_keyword(options.build, "seed"):
+        return options.build(shared, seed=seed)
+    return options.build(shared)
 
 
 def _state_of(component: Any) -> dict[str, Any]:
@@ -125,7 +142,8 @@ class MultitaskTrainer:
         shared = run.model.shared_parameters()
         self.shared = shared
         self.combiner = recipe.loss_combiner.options.build(list(task_names), run.model)
-        self.transforms = [(spec, spec.options.build(shared)) for spec in recipe.gradient_transforms]
+        self.transforms = [(spec, build_transform(spec.options, shared, derive_seed(seed, "transform", stage_index, i)))
+                           for i, spec in enumerate(recipe.gradient_transforms)]
         self.per_task = any(getattr(t, "needs", "summed") == "per-task" for _, t in self.transforms)
         combiner_params = list(getattr(self.combiner, "parameters", lambda: [])())
         self.optimizer = build_optimizer(run.model, recipe.optim, combiner_params, self.device,
@@ -346,6 +364,8 @@ class MultitaskTrainer:
         if self.dist.world_size > 1:
             self._reduce_gradients()
         logs = self._apply_transforms(tasks_seen) if self.transforms else {}
+        if self.grads is not None:
+            self.grads.release_unused()  # parameters no loss reached keep .grad = None: AdamW skips them
         self.optimizer.step()
         self.scheduler.step()
         self.combiner.after_step()
@@ -378,6 +398,10 @@ class MultitaskTrainer:
         run.model.train()
         last_metrics: dict[str, float] = {}
         tasks_seen: list[str] = []
+        if self.epoch == 0 and self.position == 0 and self.plan is None:  # a fresh stage, not a resumed one
+            for _, regularizer in run.regularizers:
+                if hasattr(regularizer, "begin_stage"):
+                    regularizer.begin_stage(run.model)
         while self.epoch < self.epochs:
             if self.plan is None:
                 self.plan = self.sampler.epoch(self.epoch)[: self.steps_per_epoch]
@@ -399,6 +423,8 @@ class MultitaskTrainer:
                     step_logs.update(task_logs[task])
                 if self.dist.world_size > 1:
                     losses, step_logs = self._global_losses(losses, task_logs, shares)
+                if hasattr(self.combiner, "observe_task_losses"):  # the losses without regularizer terms
+                    self.combiner.observe_task_losses({t: step_logs[f"loss/{t}"] for t in tasks})
                 combined = self.combiner.combine(losses)
                 self._backward(tasks, combined)
                 for task in tasks:
@@ -465,4 +491,6 @@ class MultitaskTrainer:
                 run.request_stop("stop requested by another process")
             if run.stop_requested and self.epoch < self.epochs:
                 raise RunInterrupted(run.interrupt_message())
+        if self.grads is not None:
+            self.grads.close()
         return last_metrics
