@@ -152,7 +152,8 @@ def plugins(as_json: bool) -> None:
         status = f"  FAILED: {p['error']}" if p["error"] else ""
         click.echo(f"  {p['name']} ({p['distribution']} {p['version']}) hooks: {', '.join(p['hooks']) or '-'}{status}")
     for kind, entries in report["components"].items():
-        click.echo(f"\n{kind.replace('_', ' ')}s:")
+        label = kind.replace('_', ' ')
+        click.echo(f"\n{label if label.endswith('s') else label + 's'}:")
         if not entries:
             click.echo("  (none)")
         for entry in entries:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest_plugins = ["mtbert.testing"]
+from mtbert.testing import mtbert_plugin_modules, mtbert_plugins, mtbert_tiny_run  # noqa: F401,E402  (fixtures, used by name)
 
 
 def test_shared_parameters_no_loss_reached_reach_adamw_without_a_gradient():
