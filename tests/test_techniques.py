@@ -229,3 +229,82 @@ def test_each_technique_trains_in_a_whole_run(mtbert_plugins, mtbert_tiny_run, o
     resolved = tomllib.loads((folder / "recipe.toml").read_text())
     key = override.split("=", 1)[0].strip()
     assert resolved[key]  # the resolved recipe keeps the technique with its options
+
+
+# --------------------------------------------------------------------------- the extension points, third-party
+import attrs  # noqa: E402
+
+from mtbert import hookimpl  # noqa: E402
+from mtbert.schema import option  # noqa: E402
+
+
+@attrs.define
+class HalfHeads:
+    """Heads at half their rate (or drop the heads' groups when broken: to test the engine's check)."""
+
+    broken: bool = option(False, help="drop the heads' groups (the engine must refuse)")
+
+    def build(self):
+        broken = self.broken
+
+        class Rule:
+            def apply(self, model, groups):
+                if broken:
+                    return [g for g in groups if not g["name"].startswith("heads")]
+                return [{**g, "lr": g["lr"] * 0.5} if g["name"].startswith("heads") else g for g in groups]
+
+        return Rule()
+
+
+@attrs.define
+class Latest:
+    """A 'weight average' of the last step only: weights() is a copy of the weights after each update."""
+
+    def build(self, model):
+        class Average:
+            def __init__(self):
+                self.copy = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+            def update(self, model):
+                self.copy = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+            def weights(self):
+                return self.copy
+
+            def state_dict(self):
+                return {"copy": dict(self.copy)}
+
+            def load_state_dict(self, state):
+                self.copy = {n: torch.as_tensor(v) for n, v in state["copy"].items()}
+
+        return Average()
+
+
+class ThirdParty:
+    """A plugin registering one component of each new kind through the hooks, as a third-party package would."""
+
+    @hookimpl
+    def mtbert_register_optimizer_groups(self, register):
+        register("half-heads", HalfHeads)
+
+    @hookimpl
+    def mtbert_register_weight_averages(self, register):
+        register("latest", Latest)
+
+
+def test_third_party_rules_register_through_the_hooks_and_a_bad_rule_is_one_line(tmp_path):
+    from mtbert.errors import MtbertError
+    from mtbert.testing import run_tiny_recipe, tiny_plugins
+
+    plugins = tiny_plugins(("third-party", ThirdParty()))
+    assert plugins.registry.find("optimizer_groups", "half-heads") is not None
+    assert plugins.registry.find("weight_average", "latest") is not None
+    check_optimizer_groups(HalfHeads, plugins=plugins)
+    check_weight_average(Latest, plugins=plugins)
+    folder, summary = run_tiny_recipe(plugins, tmp_path / "ok", overrides=[
+        'optimizer_groups = [{ name = "half-heads" }, { name = "llrd" }]', 'weight_average = "latest"', "optim.epochs=1"])
+    assert summary["last"]["epoch"] == 1
+    with pytest.raises(MtbertError) as info:
+        run_tiny_recipe(plugins, tmp_path / "bad", overrides=['optimizer_groups = [{ name = "half-heads", broken = true }]'])
+    assert "optimizer_groups[0] 'half-heads'" in str(info.value) and "exactly once" in str(info.value)
+    assert "\n" not in str(info.value)
