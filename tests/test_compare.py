@@ -338,3 +338,17 @@ def test_a_row_of_one_run_resamples_dev_examples_only_and_says_so(seeded):
     as_json = json.loads(invoke(str(base), str(one), "--baseline", str(base), "--format", "json",
                                 "--resamples", "500").stdout)
     assert as_json["rows"][1]["ci_resampled"] == "dev examples"
+
+
+def test_markdown_marks_a_change_whose_interval_excludes_zero():
+    from mtbert.compare import _delta, _score
+    from mtbert.replicates import Row
+
+    assert _delta(0.05, (0.012, 0.088)) == "**+0.050 [+0.012, +0.088]**"
+    assert _delta(-0.03, (-0.05, -0.004)) == "**-0.030 [-0.050, -0.004]**"
+    assert _delta(0.004, (-0.01, 0.02)) == "+0.004 [-0.010, +0.020]"
+    assert _delta(0.004, None) == "+0.004"
+    record = lambda v: RunRecord(folder=Path("x"), name="x", recipe={}, best={"dev": {"mean": v}}, history=[],  # noqa: E731
+                                 seconds=None, status="finished")
+    assert _score(Row([record(0.724), record(0.732), record(0.728)]), "mean") == "0.728 ± 0.004"
+    assert _score(Row([record(0.7)]), "mean") == "0.700"
