@@ -45,8 +45,6 @@ def cosent(scores: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Te
 class CoSentState:
     def __init__(self, options: "CoSent"):
         self.options = options
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
 
     def setup(self, model: Any) -> None:
         pass
@@ -60,15 +58,10 @@ class CoSentState:
         with torch.autocast(device_type=context.predictions.device.type, enabled=False):
             scores = 2.0 * (context.predictions.float() - low) / (high - low) - 1.0
             term = opts.weight * cosent(scores, context.batch.labels, opts.scale)
-        self._sums[context.task] = self._sums.get(context.task, 0.0) + float(term.detach())
-        self._counts[context.task] = self._counts.get(context.task, 0) + 1
         return term
 
     def logs(self) -> dict[str, float]:
-        out = {f"loss/{k}": self._sums[k] / self._counts[k] for k in self._sums}
-        self._sums.clear()
-        self._counts.clear()
-        return out
+        return {}  # the engine logs each task's term as train/<name>/<task>
 
 
 @attrs.define

@@ -42,8 +42,6 @@ def smoothing_term(label_kind: str, predictions: torch.Tensor, labels: torch.Ten
 class LabelSmoothingState:
     def __init__(self, options: "LabelSmoothing"):
         self.options = options
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
 
     def setup(self, model: Any) -> None:
         pass
@@ -56,15 +54,10 @@ class LabelSmoothingState:
         with torch.autocast(device_type=context.predictions.device.type, enabled=False):
             uniform = smoothing_term(head.label_kind, context.predictions, context.batch.labels)
             term = opts.epsilon * (uniform - context.loss.float())
-        self._sums[context.task] = self._sums.get(context.task, 0.0) + float(term.detach())
-        self._counts[context.task] = self._counts.get(context.task, 0) + 1
         return term
 
     def logs(self) -> dict[str, float]:
-        out = {f"penalty/{k}": self._sums[k] / self._counts[k] for k in self._sums}
-        self._sums.clear()
-        self._counts.clear()
-        return out
+        return {}  # the engine logs each task's term as train/<name>/<task>
 
 
 @attrs.define
