@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 #: Recipe keys that do not tell replicates apart (``seed`` is what varies between them).
-NOT_COMPARED = {"name", "description", "seed", "train.progress", "data.dir", "data.cache", "train.device", "train.threads"}
+NOT_COMPARED = {"name", "description", "seed", "train.progress", "train.keep_last", "data.dir", "data.cache", "train.device", "train.threads"}
 
 
 @attrs.define
