@@ -320,3 +320,65 @@ def check_batch_sizes(recipe: Any, world: int) -> None:
         if size < world:
             raise RecipeError(f"{key} = {size} is smaller than the {world} processes torchrun started; "
                               f"batch_size is the global batch, split across processes, so it must be at least {world}")
+
+
+def global_losses(
+    dist: Distributed, losses: dict[str, torch.Tensor], logs: dict[str, dict[str, float]], shares: dict[str, float],
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The global batch's losses and logs on every process, from one all-reduce.
+
+    Each process contributes ``share * value``; the returned loss of a task has the global
+    value and, as gradient, this process's share of it:
+    ``L~ = L_global + share * L_local - stopgrad(share * L_local)``. Summing the processes'
+    gradients of any function of the ``L~`` then gives that function's gradient at the
+    global batch (see the module docstring).
+    """
+    tasks = list(losses)
+    keys = [(task, key) for task in tasks for key in logs[task]]
+    local = [losses[t].detach().float() * shares[t] for t in tasks]
+    values = torch.tensor([logs[t][k] * shares[t] for t, k in keys], dtype=torch.float32, device=device)
+    reduced = dist.all_reduce_(torch.cat([torch.stack(local), values]))
+    out: dict[str, torch.Tensor] = {}
+    for i, task in enumerate(tasks):
+        out[task] = with_global_value(losses[task], shares[task], reduced[i])
+    numbers = reduced[len(tasks):].tolist()
+    return out, {key: numbers[i] for i, (_, key) in enumerate(keys)}
+
+
+def reduce_gradients(dist: Distributed, grads: Any, task_grads: torch.Tensor | None, other_params: list[torch.nn.Parameter],
+                     other_scales: list[float], device: torch.device) -> None:
+    """Sum an optimizer step's gradients over the processes (two flat all-reduces).
+
+    The shared gradients (``grads``, a :class:`~mtbert.engine.gradients.SharedGradients`) are
+    reduced in their flat buffer, or, on the per-task path, the ``[tasks, params]`` buffer
+    ``task_grads`` (so PCGrad sees the global per-task gradients). The other trainable
+    parameters (heads, combiner) go through one flat buffer that also carries whether each had
+    a gradient at all: a parameter without one stays without one, as in a single process
+    (AdamW skips it).
+    """
+    if grads is not None:
+        if task_grads is not None:
+            dist.all_reduce_(task_grads)
+        else:
+            dist.all_reduce_(grads.flat())
+    if not other_params:
+        return
+    pieces = []
+    for p, scale in zip(other_params, other_scales):
+        if p.grad is None:
+            pieces.append(torch.zeros(p.numel(), device=device))
+        else:
+            pieces.append(p.grad.detach().reshape(-1).float() * scale)
+    present = torch.tensor([0.0 if p.grad is None else 1.0 for p in other_params], device=device)
+    flat = dist.all_reduce_(torch.cat(pieces + [present]))
+    has_grad = flat[-len(other_params):].tolist()
+    offset = 0
+    for p, flag in zip(other_params, has_grad):
+        chunk = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if flag > 0:
+            if p.grad is None:
+                p.grad = chunk.to(p.dtype).clone()
+            else:
+                p.grad.copy_(chunk)

@@ -6,6 +6,12 @@ is one ``copy_``, with no Python loop over parameters in the hot path. If autogr
 replaces a ``.grad`` instead of accumulating into the view (it may for unusual layouts),
 ``flat()`` notices and gathers the gradients by copying instead, so results stay correct.
 
+Parameters that no loss of an optimizer step reached (BERT's pooler under mean pooling, a
+layer a stage does not use) must reach the optimizer with ``.grad = None``, not a zero view:
+AdamW skips a parameter without a gradient, but decays one with a zero gradient and keeps
+moving it with its momentum. A post-accumulate hook on each parameter records which ones a
+backward reached; ``release_unused()`` unbinds the others before the optimizer step.
+
 ``redirect(target)`` points the ``.grad`` views at another flat tensor of the same size (a row
 of the per-task ``[tasks, params]`` buffer), so a task's backward accumulates straight into its
 row: no copy and no zeroing per task.
@@ -13,6 +19,7 @@ row: no copy and no zeroing per task.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -25,7 +32,28 @@ class SharedGradients:
         self.buffer = torch.zeros(self.numel, device=device, dtype=torch.float32)
         self.current = self.buffer
         self.views: list[torch.Tensor] = self._views_into(self.buffer)
+        self.used: set[int] = set()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._mark) for p in self.parameters
+                       if hasattr(p, "register_post_accumulate_grad_hook")]
         self.rebind()
+
+    def _mark(self, parameter: torch.Tensor) -> None:
+        self.used.add(id(parameter))
+
+    def release_unused(self) -> list[torch.nn.Parameter]:
+        """Set ``.grad = None`` on the parameters no backward reached since ``rebind()``; returns them."""
+        if len(self._hooks) != len(self.parameters):  # a torch without the hook: keep every gradient
+            return []
+        unused = [p for p in self.parameters if id(p) not in self.used]
+        for p in unused:
+            p.grad = None
+        return unused
+
+    def close(self) -> None:
+        """Remove the hooks (a later stage builds its own)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def _views_into(self, flat: torch.Tensor) -> list[torch.Tensor]:
         views, offset = [], 0
@@ -49,6 +77,7 @@ class SharedGradients:
             self.current = self.buffer
             self.views = self._views_into(self.buffer)
         self.buffer.zero_()
+        self.used.clear()
         for p, view in zip(self.parameters, self.views):
             p.grad = view if p.dtype == view.dtype else None
 
@@ -75,6 +104,22 @@ class SharedGradients:
             self.redirect(None)
         self.flat()
         self.buffer.copy_(vector)
+
+
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` takes the keyword ``name`` (optional parts of a component contract)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def build_transform(options: Any, shared: list[torch.nn.Parameter], seed: int) -> Any:
+    """A gradient transform; one whose ``build`` takes ``seed`` gets one derived from the recipe's."""
+    if accepts_keyword(options.build, "seed"):
+        return options.build(shared, seed=seed)
+    return options.build(shared)
 
 
 def apply_transforms(transforms: list[tuple[Any, Any]], grads: SharedGradients | None, task_grads: torch.Tensor | None,

@@ -9,12 +9,13 @@ or the schedule reaches every stage.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from mtbert.engine.device import use_fused_adamw
+from mtbert.engine.extensions import apply_groups
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -76,13 +77,19 @@ def adamw(groups: list[dict[str, Any]], device: torch.device, betas: Iterable[fl
 
 
 def build_optimizer(
-    model: Any, optim: Any, extra_params: list[nn.Parameter], device: torch.device, extra_lr: float | None = None
+    model: Any, optim: Any, extra_params: list[nn.Parameter], device: torch.device, extra_lr: float | None = None,
+    group_rules: Sequence[Any] = (),
 ) -> torch.optim.Optimizer:
     """The multitask optimizer: encoder at ``optim.lr``, heads at ``optim.head_lr`` (default lr),
-    a loss combiner's own parameters at ``extra_lr`` without decay."""
+    a loss combiner's own parameters at ``extra_lr`` without decay.
+
+    ``group_rules``: the recipe's ``[[optimizer_groups]]`` components, applied to the groups in order.
+    """
     groups = decay_groups(model.encoder.named_parameters(), optim.lr, optim.weight_decay, "encoder")
     groups += decay_groups(model.heads.named_parameters(), optim.head_lr or optim.lr, optim.weight_decay, "heads")
     if extra_params:
         groups.append({"params": extra_params, "lr": extra_lr or optim.head_lr or optim.lr, "weight_decay": 0.0,
                        "name": "combiner"})
+    if group_rules:
+        groups = apply_groups(model, groups, list(group_rules))
     return adamw(groups, device, optim.betas, optim.eps)

@@ -31,8 +31,9 @@ import torch
 from mtbert.engine.batches import TaskStream
 from mtbert.engine.components import PenaltyContext
 from mtbert.engine.device import autocast
-from mtbert.engine.distributed import Distributed, with_global_value
-from mtbert.engine.gradients import SharedGradients, apply_transforms
+from mtbert.engine.distributed import Distributed, global_losses, reduce_gradients
+from mtbert.engine.extensions import averaged_weights
+from mtbert.engine.gradients import SharedGradients, apply_transforms, build_transform
 from mtbert.engine.health import diverged_component
 from mtbert.engine.optim import build_optimizer, build_scheduler
 from mtbert.engine.progress import Progress
@@ -78,11 +79,15 @@ class MultitaskTrainer:
         shared = run.model.shared_parameters()
         self.shared = shared
         self.combiner = recipe.loss_combiner.options.build(list(task_names), run.model)
-        self.transforms = [(spec, spec.options.build(shared)) for spec in recipe.gradient_transforms]
+        self.transforms = [(spec, build_transform(spec.options, shared, derive_seed(seed, "transform", stage_index, i)))
+                           for i, spec in enumerate(recipe.gradient_transforms)]
         self.per_task = any(getattr(t, "needs", "summed") == "per-task" for _, t in self.transforms)
         combiner_params = list(getattr(self.combiner, "parameters", lambda: [])())
         self.optimizer = build_optimizer(run.model, recipe.optim, combiner_params, self.device,
-                                         extra_lr=getattr(self.combiner, "lr", None))
+                                         extra_lr=getattr(self.combiner, "lr", None),
+                                         group_rules=getattr(recipe, "optimizer_groups", []))
+        spec = getattr(recipe, "weight_average", None)
+        self.average = spec.options.build(run.model) if spec is not None else None
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         # Data parallelism: everything trainable outside the flat shared buffer is summed across
         # processes as one flat buffer; the combiner's own parameters, whose gradient is the same
@@ -128,6 +133,7 @@ class MultitaskTrainer:
             "sampler": self.sampler.state_dict(),
             "combiner": self.combiner.state_dict(),
             "transforms": [_state_of(t) for _, t in self.transforms],
+            "weight_average": _state_of(self.average) if self.average is not None else {},
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -154,6 +160,8 @@ class MultitaskTrainer:
         for (_, transform), saved in zip(self.transforms, state.get("transforms", [])):
             if hasattr(transform, "load_state_dict"):
                 transform.load_state_dict(saved)
+        if self.average is not None and state.get("weight_average"):
+            self.average.load_state_dict(state["weight_average"])
         for name, stream_state in state["streams"].items():
             self.streams[name].load_state_dict(stream_state)
         torch.set_rng_state(state["rng"])
@@ -190,28 +198,6 @@ class MultitaskTrainer:
                     logs[f"{spec.name}/{task}"] = float(term.detach())
         return loss, logs, share
 
-    def _global_losses(
-        self, losses: dict[str, torch.Tensor], logs: dict[str, dict[str, float]], shares: dict[str, float]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """The global batch's losses and logs on every process, from one all-reduce.
-
-        Each process contributes ``share * value``; the returned loss of a task has the global
-        value and, as gradient, this process's share of it:
-        ``L~ = L_global + share * L_local - stopgrad(share * L_local)``. Summing the processes'
-        gradients of any function of the ``L~`` then gives that function's gradient at the
-        global batch (see :mod:`mtbert.engine.distributed`).
-        """
-        tasks = list(losses)
-        keys = [(task, key) for task in tasks for key in logs[task]]
-        local = [losses[t].detach().float() * shares[t] for t in tasks]
-        values = torch.tensor([logs[t][k] * shares[t] for t, k in keys], dtype=torch.float32, device=self.device)
-        reduced = self.dist.all_reduce_(torch.cat([torch.stack(local), values]))
-        out: dict[str, torch.Tensor] = {}
-        for i, task in enumerate(tasks):
-            out[task] = with_global_value(losses[task], shares[task], reduced[i])
-        numbers = reduced[len(tasks):].tolist()
-        return out, {key: numbers[i] for i, (_, key) in enumerate(keys)}
-
     def _backward(self, tasks: tuple[str, ...], combined: Any) -> None:
         scale = 1.0 / self.accumulation
         if not self.per_task or self.grads is None:
@@ -225,49 +211,18 @@ class MultitaskTrainer:
             (combined.weighted[task] * scale).backward(retain_graph=k < len(tasks) - 1)
         self.grads.redirect(None)
 
-    def _reduce_gradients(self) -> None:
-        """Sum this optimizer step's gradients over the processes (two flat all-reduces).
-
-        The shared gradients are reduced in their flat buffer, or, on the per-task path, the
-        ``[tasks, params]`` buffer (so PCGrad sees the global per-task gradients). The other
-        trainable parameters (heads, combiner) go through one flat buffer that also carries
-        whether each had a gradient at all: a parameter without one stays without one, as in
-        a single process (AdamW skips it).
-        """
-        dist = self.dist
-        if self.grads is not None:
-            if self.per_task and self.task_grads is not None:
-                dist.all_reduce_(self.task_grads)
-            else:
-                dist.all_reduce_(self.grads.flat())
-        if not self.other_params:
-            return
-        pieces = []
-        for p, scale in zip(self.other_params, self.other_scales):
-            if p.grad is None:
-                pieces.append(torch.zeros(p.numel(), device=self.device))
-            else:
-                pieces.append(p.grad.detach().reshape(-1).float() * scale)
-        present = torch.tensor([0.0 if p.grad is None else 1.0 for p in self.other_params], device=self.device)
-        flat = dist.all_reduce_(torch.cat(pieces + [present]))
-        has_grad = flat[-len(self.other_params):].tolist()
-        offset = 0
-        for p, flag in zip(self.other_params, has_grad):
-            chunk = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
-            if flag > 0:
-                if p.grad is None:
-                    p.grad = chunk.to(p.dtype).clone()
-                else:
-                    p.grad.copy_(chunk)
-
     def _optimizer_step(self, tasks_seen: list[str]) -> dict[str, float]:
         if self.dist.world_size > 1:
-            self._reduce_gradients()
+            reduce_gradients(self.dist, self.grads, self.task_grads if self.per_task else None,
+                             self.other_params, self.other_scales, self.device)
         logs = apply_transforms(self.transforms, self.grads, self.task_grads if self.per_task else None,
                                 self.task_names, tasks_seen, self.trainable) if self.transforms else {}
+        if self.grads is not None:
+            self.grads.release_unused()  # parameters no loss reached keep .grad = None: AdamW skips them
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.run.model)
         self.combiner.after_step()
         for spec, regularizer in self.run.regularizers:
             if hasattr(regularizer, "after_step"):
@@ -295,7 +250,9 @@ class MultitaskTrainer:
             losses[task], task_logs[task], shares[task] = self._task_loss(task)
             logs.update(task_logs[task])
         if self.dist.world_size > 1:
-            losses, logs = self._global_losses(losses, task_logs, shares)
+            losses, logs = global_losses(self.dist, losses, task_logs, shares, self.device)
+        if hasattr(self.combiner, "observe_task_losses"):  # the losses without regularizer terms
+            self.combiner.observe_task_losses({t: logs[f"loss/{t}"] for t in tasks})
         combined = self.combiner.combine(losses)
         self._backward(tasks, combined)
         self.tasks_seen += [task for task in tasks if task not in self.tasks_seen]
@@ -337,6 +294,10 @@ class MultitaskTrainer:
         recipe = self.recipe
         run.model.train()
         last_metrics: dict[str, float] = {}
+        if self.epoch == 0 and self.position == 0 and self.plan is None:  # a fresh stage, not a resumed one
+            for _, regularizer in run.regularizers:
+                if hasattr(regularizer, "begin_stage"):
+                    regularizer.begin_stage(run.model)
         while self.epoch < self.epochs:
             if self.plan is None:
                 self.plan = self.sampler.epoch(self.epoch)[: self.steps_per_epoch]
@@ -375,7 +336,8 @@ class MultitaskTrainer:
             if self.log_sums:
                 run.log_train(self._flush_logs(), self.stage_name)
             train_seconds = time.perf_counter() - epoch_start
-            metrics, improved = run.evaluate_epoch(self, train_seconds)  # rank 0's, on every process
+            with averaged_weights(run.model, self.average):  # evaluated and kept as best: the averaged weights
+                metrics, improved = run.evaluate_epoch(self, train_seconds)  # rank 0's, on every process
             if self.select_best:
                 if improved:
                     self.bad_evals = 0
@@ -394,4 +356,6 @@ class MultitaskTrainer:
                 run.request_stop("stop requested by another process")
             if run.stop_requested and self.epoch < self.epochs:
                 raise RunInterrupted(run.interrupt_message())
+        if self.grads is not None:
+            self.grads.close()
         return last_metrics

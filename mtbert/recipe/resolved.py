@@ -55,6 +55,8 @@ class Recipe:
     regularizers: list[ComponentSpec]
     stages: list[ComponentSpec]
     source: str = ""
+    optimizer_groups: list[ComponentSpec] = attrs.field(factory=list)
+    weight_average: ComponentSpec | None = None
 
     def data_dir(self) -> Path:
         return Path(self.data.dir or os.environ.get(DATA_DIR_ENV) or "data")
@@ -77,6 +79,10 @@ class Recipe:
         out["gradient_transforms"] = [c.to_toml() for c in self.gradient_transforms]
         out["regularizers"] = [c.to_toml() for c in self.regularizers]
         out["stages"] = [c.to_toml() for c in self.stages]
+        if self.optimizer_groups:
+            out["optimizer_groups"] = [c.to_toml() for c in self.optimizer_groups]
+        if self.weight_average is not None:
+            out["weight_average"] = self.weight_average.to_toml()
         out["optim"] = unstructure(self.optim)
         out["train"] = unstructure(self.train)
         return out

@@ -90,4 +90,5 @@ TOP_LEVEL = {
     "name", "seed", "description", "include", "requires", "model", "data", "tasks", "sampler",
     "loss_combiner", "gradient_transforms", "regularizers", "stages", "optim", "train",
     "sweep",  # ranges and grids for ``mtbert sweep`` (mtbert.sweep); checked here, ignored by a run
+    "optimizer_groups", "weight_average",
 }

@@ -198,6 +198,10 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
     transforms = component_list("gradient_transform", table.get("gradient_transforms"), "gradient_transforms", plugins, problems)
     regularizers = component_list("regularizer", table.get("regularizers"), "regularizers", plugins, problems)
     stages = component_list("stage", table.get("stages", [{"name": "multitask"}]), "stages", plugins, problems)
+    optimizer_groups = component_list("optimizer_groups", table.get("optimizer_groups"), "optimizer_groups", plugins, problems)
+    weight_average = None
+    if table.get("weight_average") is not None:
+        weight_average = resolve_component("weight_average", table["weight_average"], "weight_average", plugins, problems)
     if not stages and "stages" in table:
         problems.add("stages", "a recipe needs at least one stage")
 
@@ -219,6 +223,7 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
         name=name, seed=seed, description=description, requires=requires, model=model, data=data,
         optim=optim, train=train, tasks=tasks, sampler=sampler, loss_combiner=combiner,
         gradient_transforms=transforms, regularizers=regularizers, stages=stages, source=source,
+        optimizer_groups=optimizer_groups, weight_average=weight_average,
     )
 
 

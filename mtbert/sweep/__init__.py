@@ -15,15 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from mtbert.errors import MtbertError
-from mtbert.sweep.grid import grid_variants, parse_grid, split_values, toml_literal
+from mtbert.errors import MtbertError, RecipeError
+from mtbert.sweep.grid import grid_variants, parse_grid, parse_seeds, split_values, toml_literal
 from mtbert.sweep.search import optuna_sweep, suggest
 from mtbert.sweep.variants import (
     SweepResult, Variant, finish, load_variant, preflight, read_table, run_variant, same_recipe,
 )
 
 __all__ = [
-    "SweepResult", "Variant", "grid_variants", "load_variant", "parse_grid", "preflight", "read_table", "run_sweep",
+    "SweepResult", "Variant", "grid_variants", "load_variant", "parse_grid", "parse_seeds", "preflight", "read_table", "run_sweep",
     "run_variant", "same_recipe", "split_values", "suggest", "toml_literal",
 ]
 
@@ -31,9 +31,9 @@ __all__ = [
 def run_sweep(
     recipe_path: Path, grid_texts: list[str], overrides: list[str], *, out: Path | None = None,
     trials: int | None = None, plugins: Any = None, say: Callable[[str], None] = print,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, seeds: str | None = None,
 ) -> SweepResult:
-    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``) or an Optuna search."""
+    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``, times ``seeds``) or an Optuna search."""
     from mtbert.plugins import get_plugins
 
     plugins = plugins or get_plugins()
@@ -43,6 +43,8 @@ def run_sweep(
     out = out or Path("runs") / f"sweep-{base_recipe.name}"
 
     if trials is not None:
+        if seeds is not None:
+            raise MtbertError("--optuna and --seeds: give one of them (repeat the best trial with --seeds afterwards)")
         if grid_texts:
             raise MtbertError("--optuna and --grid: give one of them (a search samples the keys a grid would fix)")
         return optuna_sweep(recipe_path, overrides, base_recipe, sweep_table, trials, out, plugins, say, warn)
@@ -52,8 +54,12 @@ def run_sweep(
     recipe_grid = [(key, [toml_literal(v) for v in values]) for key, values in (sweep_table.get("grid") or {}).items()
                    if key not in given]
     grid = recipe_grid + grid
+    if seeds is not None:
+        if any(key == "seed" for key, _ in grid):
+            raise RecipeError("--seeds and a grid over seed: give the seeds once (--seeds 11711,1,2)")
+        grid.append(("seed", [str(s) for s in parse_seeds(seeds, base_recipe.seed)]))
     if not grid:
-        raise MtbertError("nothing to sweep: give --grid KEY.PATH=V1,V2, a [sweep.grid] table in the recipe, "
+        raise MtbertError("nothing to sweep: give --grid KEY.PATH=V1,V2, --seeds N, a [sweep.grid] table in the recipe, "
                           "or --optuna N with a [sweep.space] table")
     variants = grid_variants(base_recipe.name, grid, out)
     recipes = preflight(recipe_path, overrides, variants, plugins)

@@ -65,6 +65,33 @@ def parse_grid(texts: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
+def parse_seeds(text: str, recipe_seed: int) -> list[int]:
+    """``--seeds``: ``"3"`` -> the recipe's seed then 1, 2, ... (3 in all); ``"11711,1,2"`` -> those seeds.
+
+    A count keeps the recipe's own seed first, so its existing run is one of the replicates.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise RecipeError(f"--seeds {text!r}: expected a count (3) or a comma-separated list of seeds (11711,1,2)") from None
+    if len(values) == 1:
+        count = values[0]
+        if count < 1:
+            raise RecipeError(f"--seeds {text!r}: the count must be at least 1")
+        seeds, candidate = [recipe_seed], 1
+        while len(seeds) < count:
+            if candidate != recipe_seed:
+                seeds.append(candidate)
+            candidate += 1
+        return seeds
+    if any(v < 0 for v in values):
+        raise RecipeError(f"--seeds {text!r}: seeds are integers >= 0")
+    if len(set(values)) != len(values):
+        raise RecipeError(f"--seeds {text!r}: a seed is listed twice")
+    return values
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+\-]+", "_", text).strip("_") or "_"
 

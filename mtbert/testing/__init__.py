@@ -45,6 +45,7 @@ from mtbert.testing.builders import (
     tiny_recipe_table,
 )
 from mtbert.testing.check_data import check_checkpoint, check_input_format, check_task
+from mtbert.testing.check_extensions import check_optimizer_groups, check_weight_average
 from mtbert.testing.check_model import check_head, check_regularizer
 from mtbert.testing.check_training import check_gradient_transform, check_loss_combiner, check_sampler, check_stage
 from mtbert.testing.checker import state_round_trip
@@ -59,7 +60,7 @@ __all__ = [
     "write_tiny_data", "tiny_plugins", "installed_plugins", "tiny_batch", "tiny_batches", "tiny_model",
     "tiny_recipe_table", "run_tiny_recipe", "state_round_trip", "one_thread", "check_component", "check_task",
     "check_checkpoint", "check_input_format", "check_head", "check_sampler", "check_loss_combiner",
-    "check_gradient_transform", "check_regularizer", "check_stage",
+    "check_gradient_transform", "check_regularizer", "check_stage", "check_optimizer_groups", "check_weight_average",
 ]
 
 #: The contract check of each kind, by the kind names of :data:`mtbert.plugins.KINDS`.
@@ -73,6 +74,8 @@ CHECKS: dict[str, Callable[..., None]] = {
     "gradient_transform": check_gradient_transform,
     "regularizer": check_regularizer,
     "stage": check_stage,
+    "optimizer_groups": check_optimizer_groups,
+    "weight_average": check_weight_average,
 }
 
 

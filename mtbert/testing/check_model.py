@@ -105,11 +105,13 @@ def check_regularizer(options: Any, *, name: str | None = None, plugins: Any = N
     base = tiny_model(plugins=plugins)
     tasks = list(base.heads)
 
-    def built(model: Any) -> Any:
+    def built(model: Any, begin: bool) -> Any:
         regularizer = check.call("build()", options.build)
         for method in ("setup", "penalty"):
             check.require(callable(getattr(regularizer, method, None)), f"the built object has no {method}() method")
         check.call("setup()", regularizer.setup, model)
+        if begin and hasattr(regularizer, "begin_stage"):  # a fresh stage starts (not a resumed one)
+            check.call("begin_stage()", regularizer.begin_stage, model)
         return regularizer
 
     def step(model: Any, regularizer: Any, task: str, batch: Batch, train: bool) -> tuple[torch.Tensor, Any]:
@@ -134,14 +136,14 @@ def check_regularizer(options: Any, *, name: str | None = None, plugins: Any = N
         return predictions.detach(), None if term is None else term.detach()
 
     model = copy.deepcopy(base).train()
-    regularizer = built(model)
+    regularizer = built(model, True)
     for round_ in range(2):
         for task in tasks:
             torch.manual_seed(10 * round_ + tasks.index(task))
             step(model, regularizer, task, tiny_batch(task, start=round_ * 4, input_format=model.input_formats[task]), True)
     state = check.state(regularizer, "the regularizer") if hasattr(regularizer, "state_dict") else None
     twin = copy.deepcopy(base).train()
-    resumed = built(twin)  # the engine's order on --resume: set up, load the weights, load the state
+    resumed = built(twin, False)  # the engine's order on --resume: set up, load the weights, load the state
     twin.load_state_dict(model.state_dict())
     if state is not None:
         check.require(callable(getattr(resumed, "load_state_dict", None)), "has state_dict() but no load_state_dict()")
