@@ -30,6 +30,7 @@ SST = TaskSpec(
     main=True,
     prediction_header="Predicted_Sentiment",
     prediction_file="sst-{split}-output.csv",
+    class_names=("very negative", "negative", "neutral", "positive", "very positive"),
 )
 
 PARA = TaskSpec(
@@ -43,6 +44,7 @@ PARA = TaskSpec(
     main=True,
     prediction_header="Predicted_Is_Paraphrase",
     prediction_file="para-{split}-output.csv",
+    class_names=("not paraphrase", "paraphrase"),
 )
 
 STS = TaskSpec(
@@ -70,6 +72,7 @@ CFIMDB = TaskSpec(
     main=False,
     prediction_header="Predicted_Sentiment",
     prediction_file="cfimdb-{split}-output.csv",
+    class_names=("negative", "positive"),
 )
 
 TASKS = (SST, PARA, STS, CFIMDB)

@@ -84,14 +84,19 @@ def default_run_folder(name: str, root: Path = Path("runs")) -> Path:
 
 
 class RunLog:
-    """metrics.jsonl, TensorBoard scalars and console lines."""
+    """metrics.jsonl, TensorBoard scalars and console lines.
+
+    The event files go into the run folder itself: TensorBoard names a run by the folder that
+    holds its event files, relative to ``--logdir``, so ``tensorboard --logdir runs`` shows
+    ``baseline``, not ``baseline/tb`` (the other files of a run folder hold no events).
+    """
 
     def __init__(self, folder: Path, say: Callable[[str], None]):
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder = folder
         self.say = say
-        self.writer = SummaryWriter(log_dir=str(folder / "tb"))
+        self.writer = SummaryWriter(log_dir=str(folder))
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -127,6 +132,7 @@ class RunContext:
             self.device = resolve_device(self.device, self.distributed.local_rank)
         self.resume_state = resume_state
         self.global_step = 0
+        self.examples_seen = 0  # training examples of the tasks, over all processes (dev curves' second axis)
         self.best: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         self.stop_requested = False
@@ -247,10 +253,13 @@ class RunContext:
         """Log an evaluation; save the best checkpoint when it improves. Returns whether it did."""
         record = {
             "stage": trainer.stage_name, "stage_index": trainer.stage_index, "epoch": trainer.epoch + 1,
-            "step": self.global_step, "split": "dev", "time": _now(), "metrics": metrics,
+            "step": self.global_step, "examples": self.examples_seen, "split": "dev", "time": _now(),
+            "metrics": metrics,
         }
         self.log.evaluation(record)
         self.log.scalars("dev", metrics, self.global_step)
+        # the same curves against examples seen: one-task and all-tasks steps differ in size
+        self.log.scalars("dev_by_examples", metrics, self.examples_seen)
         self.hook.mtbert_on_evaluate(run=self, stage=trainer.stage_name, epoch=trainer.epoch + 1,
                                      step=self.global_step, metrics=metrics, predictions=self.last_predictions)
         self.last = {"stage": trainer.stage_name, "epoch": trainer.epoch + 1, "step": self.global_step, "dev": metrics}
@@ -289,6 +298,7 @@ class RunContext:
         state = {
             "version": RUN_STATE_VERSION,
             "global_step": self.global_step,
+            "examples_seen": self.examples_seen,
             "best": self.best,
             "last": self.last,
             "trainer": trainer_state,
@@ -516,6 +526,7 @@ def _run_recipe(
             if hasattr(regularizer, "load_state_dict"):
                 regularizer.load_state_dict(saved)
         run.global_step = int(resume_state["global_step"])
+        run.examples_seen = int(resume_state.get("examples_seen", 0))
         run.best = resume_state["best"]
         run.last = resume_state["last"]
         run.say(f"resuming {folder} at step {run.global_step}")

@@ -220,7 +220,9 @@ class MultitaskTrainer:
     def _task_loss(self, task: str) -> tuple[torch.Tensor, dict[str, float], float]:
         """This process's loss on the task's next batch, its logs and its share of the global batch."""
         run = self.run
-        batch, share = self.streams[task].next_shard()
+        stream = self.streams[task]
+        batch, share = stream.next_shard()
+        run.examples_seen += stream.last_global_size
         batch = batch.to(self.device)
         logs: dict[str, float] = {}
         with autocast(self.device, self.recipe.train.precision):
