@@ -233,13 +233,16 @@ def predict(run_dir: Path, task_name: str, input_path: Path, output_path: Path, 
 @click.option("--baseline", type=click.Path(file_okay=False, path_type=Path), help="Run whose scores the deltas are against.")
 @click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG of dev mean per epoch.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Dev metric to show (repeatable; default: every task's primary metric and mean), e.g. --metric sst_macro_f1.")
 @guard
-def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_path: Path | None) -> None:
+def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_path: Path | None,
+            metrics: tuple[str, ...]) -> None:
     """Compare runs: the recipe values that differ, best dev scores, deltas, wall time."""
     from mtbert.compare import compare as build_table, plot
 
     folders = [p for p in run_dirs if p.is_dir()]
-    table, records = build_table(folders, baseline)
+    table, records = build_table(folders, baseline, list(metrics) or None, registry=_plugins().registry)
     table.skipped = [f"{p}: not a folder" for p in run_dirs if not p.is_dir()] + table.skipped
     click.echo(table.markdown() if fmt == "markdown" else table.csv(), nl=False)
     if fmt == "csv":  # the Markdown table lists them under itself; CSV must stay parseable
@@ -259,16 +262,23 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
               help="Values to sweep, read like --set values, e.g. --grid optim.lr=2e-5,5e-5 (repeatable: the product).")
 @click.option("--optuna", "trials", type=click.IntRange(min=1), metavar="N",
               help="Search N trials with Optuna over the recipe's [sweep.space] ranges instead of a grid.")
+@click.option("--storage", metavar="URL",
+              help="Optuna storage of the study (default sqlite:///DIR/optuna.db); processes given the same URL share it.")
+@click.option("--pbt", "pbt", type=click.IntRange(min=2), metavar="N",
+              help="Population-based training of N trials on Ray Tune over the recipe's [sweep.space].")
+@click.option("--perturb-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="With --pbt: evaluations between two exploit/explore decisions.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sweep folder holding one run folder per variant (default runs/sweep-<name>).")
 @set_option
 @guard
-def sweep(recipe: Path, grid: tuple[str, ...], trials: int | None, out: Path | None, overrides: tuple[str, ...]) -> None:
+def sweep(recipe: Path, grid: tuple[str, ...], trials: int | None, storage: str | None, pbt: int | None,
+          perturb_every: int, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Run RECIPE's variants one after another, then print their compare table."""
     from mtbert.sweep import run_sweep
 
     result = run_sweep(recipe, list(grid), list(overrides), out=out, trials=trials, plugins=_plugins(),
-                       say=click.echo, warn=_warn)
+                       say=click.echo, warn=_warn, storage=storage, pbt=pbt, perturb_every=perturb_every)
     click.echo(result.table.markdown(), nl=False)
     if result.failed:
         names = ", ".join(v.folder.name for v in result.failed)

@@ -1,8 +1,9 @@
 """``mtbert compare``: the seeds' ablation table, built from run folders.
 
 One row per run: its name, the recipe values that differ between the compared runs, the best
-dev scores (SST accuracy, paraphrase accuracy, STS Pearson r, mean), their deltas against a
-baseline run, and the wall time. Folders that cannot be read or have no evaluation yet are
+dev scores (the primary metric of every task the runs train, plugin tasks included, then
+``mean``; or the metrics named with ``--metric``), their deltas against a baseline run, and
+the wall time. Folders that cannot be read or have no evaluation yet are
 listed under the table rather than stopping the command.
 
 Which recipe values get a column: every key (``optim.lr``, ``sampler.step``,
@@ -21,7 +22,7 @@ import io
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -122,6 +123,39 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
     return shown
 
 
+def primary_metric(task: str, records: list[RunRecord], registry: Any = None) -> str | None:
+    """A task's primary dev metric: its ``TaskSpec.metric_key`` when the task's plugin is installed,
+    else the first ``<task>_...`` metric of the runs (a task's metrics start with its primary one)."""
+    component = registry.find("task", task) if registry is not None else None
+    key = getattr(getattr(component, "factory", None), "metric_key", None)
+    if key:
+        return key
+    for record in records:
+        for metric in (record.best or {}).get("dev") or {}:
+            if metric.startswith(f"{task}_"):
+                return metric
+    return None
+
+
+def default_metrics(records: list[RunRecord], registry: Any = None) -> list[str]:
+    """Every compared task's primary metric (in the order the recipes list the tasks), then ``mean``."""
+    tasks: list[str] = []
+    for record in records:
+        for task in record.recipe.get("tasks") or {}:
+            if task not in tasks:
+                tasks.append(task)
+    metrics = [m for m in (primary_metric(t, records, registry) for t in tasks) if m]
+    return list(dict.fromkeys([*metrics, "mean"]))
+
+
+def available_metrics(records: list[RunRecord]) -> list[str]:
+    """Every dev metric any compared run's best evaluation has, in first-seen order."""
+    seen: dict[str, None] = {}
+    for record in records:
+        seen.update(dict.fromkeys((record.best or {}).get("dev") or {}))
+    return list(seen)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
@@ -142,9 +176,14 @@ def _clock(seconds: float | None) -> str:
 
 @attrs.define
 class Table:
+    """Markdown cells (``headers``/``rows``) and, for CSV, the same columns as values (``values``:
+    numbers as numbers, no value as ``None``, wall time in seconds under ``csv_headers``)."""
+
     headers: list[str]
     rows: list[list[str]]
     skipped: list[str]
+    values: list[list[Any]] = attrs.field(factory=list)
+    csv_headers: list[str] = attrs.field(factory=list)
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.headers) + " |", "| " + " | ".join("---" for _ in self.headers) + " |"]
@@ -157,12 +196,15 @@ class Table:
     def csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(self.headers)
-        writer.writerows(self.rows)
+        writer.writerow(self.csv_headers or self.headers)
+        writer.writerows([["" if v is None else v for v in row] for row in self.values] if self.values else self.rows)
         return out.getvalue()
 
 
-def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[str, ...] = MAIN_METRICS) -> tuple[Table, list[RunRecord]]:
+def compare(folders: list[Path], baseline: Path | None = None, metrics: Sequence[str] | None = None, *,
+            registry: Any = None) -> tuple[Table, list[RunRecord]]:
+    """The table of ``folders``; ``metrics`` default to :func:`default_metrics` (``registry`` names
+    the tasks' primary metrics; without it they are read off the runs' metrics)."""
     records: list[RunRecord] = []
     skipped: list[str] = []
     for folder in folders:
@@ -190,23 +232,42 @@ def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[st
                 else:
                     records.insert(0, base)
     keys = differing_keys(records)
+    if metrics is None:
+        metrics = default_metrics(records, registry)
+    elif records:
+        have = available_metrics(records)
+        missing = [m for m in metrics if m not in have]
+        if missing:
+            from mtbert.errors import MtbertError
+
+            raise MtbertError(f"--metric {missing[0]}: no compared run has this dev metric; they have: {', '.join(have)}")
     shown = [m for m in metrics if any(m in r.best["dev"] for r in records)]
+    deltas = base is not None and base.best is not None
     headers = ["run", *keys, *(HEADERS.get(m, m) for m in shown)]
-    if base is not None and base.best is not None:
+    csv_headers = ["run", *keys, *shown]
+    if deltas:
         headers += [f"Δ {HEADERS.get(m, m)}" for m in shown]
+        csv_headers += [f"delta_{m}" for m in shown]
     headers += ["best epoch", "wall time", "status"]
-    rows = []
+    csv_headers += ["best_epoch", "wall_seconds", "status"]
+    rows, values = [], []
     for r in records:
         flat = _flatten(r.recipe)
-        row = [r.name, *(_fmt(flat.get(k)) for k in keys)]
         dev = r.best["dev"]
-        row += [f"{dev[m]:.3f}" if m in dev else "—" for m in shown]
-        if base is not None and base.best is not None:
+        scores = [dev.get(m) for m in shown]
+        changes = []
+        if deltas:
             bdev = base.best["dev"]
-            row += [f"{dev[m] - bdev[m]:+.3f}" if m in dev and m in bdev else "—" for m in shown]
+            changes = [dev[m] - bdev[m] if m in dev and m in bdev else None for m in shown]
+        row = [r.name, *(_fmt(flat.get(k)) for k in keys)]
+        row += ["—" if v is None else f"{v:.3f}" for v in scores]
+        row += ["—" if v is None else f"{v:+.3f}" for v in changes]
         row += [str(r.best.get("epoch", "—")), _clock(r.seconds), r.status]
         rows.append(row)
-    return Table(headers=headers, rows=rows, skipped=skipped), records
+        recipe_values = [None if flat.get(k) is None else (_fmt(flat[k]) if isinstance(flat[k], list) else flat[k])
+                         for k in keys]
+        values.append([r.name, *recipe_values, *scores, *changes, r.best.get("epoch"), r.seconds, r.status])
+    return Table(headers=headers, rows=rows, skipped=skipped, values=values, csv_headers=csv_headers), records
 
 
 def plot(records: list[RunRecord], path: Path, metric: str = "mean") -> None:

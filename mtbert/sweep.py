@@ -449,9 +449,11 @@ def _finish(out: Path, variants: list[Variant], info: dict[str, Any], say: Calla
 def run_sweep(
     recipe_path: Path, grid_texts: list[str], overrides: list[str], *, out: Path | None = None,
     trials: int | None = None, plugins: Any = None, say: Callable[[str], None] = print,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, storage: str | None = None, pbt: int | None = None,
+    perturb_every: int = 1,
 ) -> SweepResult:
-    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``) or an Optuna search."""
+    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``), an Optuna search
+    (``trials``, in ``storage``) or population-based training on Ray Tune (``pbt`` trials)."""
     from mtbert.plugins import get_plugins
 
     plugins = plugins or get_plugins()
@@ -460,10 +462,18 @@ def run_sweep(
     sweep_table = read_table(recipe_path, overrides).get("sweep") or {}
     out = out or Path("runs") / f"sweep-{base_recipe.name}"
 
+    if sum(x is not None for x in (trials, pbt)) + bool(grid_texts) > 1:
+        raise MtbertError("--optuna, --pbt and --grid: give one of them (a search samples the keys a grid would fix)")
+    if storage is not None and trials is None:
+        raise MtbertError("--storage is the study of an Optuna search: give it with --optuna N")
+    if pbt is not None:
+        from mtbert.sweep_pbt import pbt_sweep
+
+        return pbt_sweep(recipe_path, overrides, base_recipe, sweep_table, pbt, out, plugins, say,
+                         perturb_every=perturb_every)
     if trials is not None:
-        if grid_texts:
-            raise MtbertError("--optuna and --grid: give one of them (a search samples the keys a grid would fix)")
-        return _optuna_sweep(recipe_path, overrides, base_recipe, sweep_table, trials, out, plugins, say, warn)
+        return _optuna_sweep(recipe_path, overrides, base_recipe, sweep_table, trials, out, plugins, say, warn,
+                             storage=storage)
 
     grid = parse_grid(grid_texts)
     given = {key for key, _ in grid}
@@ -509,13 +519,39 @@ def _space_corners(space: dict[str, Any]) -> list[Variant]:
     return variants
 
 
+def open_study(optuna: Any, storage: str, name: str, seed: int) -> Any:
+    """The study ``name`` in ``storage`` (created by whichever process comes first).
+
+    Each process seeds its TPE sampler from the recipe's seed and its process id: processes
+    sharing a study must not draw the same values.
+    """
+    import os
+
+    from mtbert.engine.seeding import derive_seed
+
+    kwargs = {"connect_args": {"timeout": 120}} if storage.startswith("sqlite:") else {}
+    rdb = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+    sampler = optuna.samplers.TPESampler(seed=derive_seed(seed, "optuna", os.getpid()))
+    return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
+                               sampler=sampler)
+
+
+def _counted(study: Any, optuna: Any, below: int | None = None) -> int:
+    """Trials that finished or are running (in any process), optionally only those numbered below ``below``."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    return sum(t.state in states and (below is None or t.number < below)
+               for t in study.get_trials(deepcopy=False, states=states))
+
+
 def _optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, sweep_table: dict[str, Any],
                   trials: int, out: Path, plugins: Any, say: Callable[[str], None],
-                  warn: Callable[[str], None] | None) -> SweepResult:
+                  warn: Callable[[str], None] | None, storage: str | None = None) -> SweepResult:
     try:
         import optuna
     except ImportError:
         raise MtbertError("--optuna needs Optuna: pip install 'mtbert[optuna]' (or pip install optuna)") from None
+    from mtbert.engine.trainer import RunInterrupted
+
     space = sweep_table.get("space") or {}
     if not space:
         raise MtbertError(f"--optuna: {recipe_path} has no [sweep.space] table of ranges to search "
@@ -525,12 +561,13 @@ def _optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, swe
 
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=base_recipe.name, storage=f"sqlite:///{(out / 'optuna.db').resolve()}", load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=base_recipe.seed),
-    )
+    storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    try:
+        study = open_study(optuna, storage, base_recipe.name, base_recipe.seed)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database: one line
+        raise MtbertError(f"--storage {storage}: cannot open the Optuna study ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    remaining = max(0, trials - done)
     variants: list[Variant] = []
     say(f"sweep: Optuna search of {len(space)} values over {trials} trials ({done} done earlier) into {out}, "
         f"maximising best dev {metric}")
@@ -561,22 +598,41 @@ def _optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, swe
         say(f"  best dev {metric} {variant.value:.4f}")
         return variant.value
 
-    if remaining:
-        study.optimize(objective, n_trials=remaining, catch=(Exception,))
+    # Ask and tell, so that processes sharing the study stop at `trials` between them: a trial
+    # runs only while fewer than `trials` trials numbered before it finished or are running.
+    while _counted(study, optuna) < trials:
+        trial = study.ask()
+        if _counted(study, optuna, below=trial.number) >= trials:  # another process took the last one
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            break
+        try:
+            value = objective(trial)
+        except (KeyboardInterrupt, RunInterrupted):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        except Exception:  # noqa: BLE001 - a failed trial is recorded; the search goes on
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        study.tell(trial, value)
     # every trial of the study, this invocation's and earlier ones', in trial order
     now = {v.folder: v for v in variants}
     variants = []
     for t in study.trials:
+        if t.user_attrs.get("surplus"):
+            continue
         folder = Path(t.user_attrs.get("folder", out / f"{base_recipe.name}-trial-{t.number}"))
         if folder in now:
             variants.append(now[folder])
             continue
-        status = {"COMPLETE": "skipped"}.get(t.state.name, "failed")
+        status = {"COMPLETE": "skipped", "RUNNING": "running"}.get(t.state.name, "failed")
         variants.append(Variant(label=" ".join(f"{k}={toml_literal(v)}" for k, v in t.params.items()),
                                 overrides=[], folder=folder, status=status,
-                                message="finished earlier" if status == "skipped" else f"trial {t.state.name.lower()}",
+                                message={"skipped": "finished earlier", "running": "running in another process"}.get(
+                                    status, f"trial {t.state.name.lower()}"),
                                 value=t.value))
     info = {"recipe": str(recipe_path), "overrides": overrides, "optuna": {"trials": trials, "metric": metric,
+                                                                           "storage": storage,
                                                                            "space": space}}
     table = _finish(out, variants, info, say)
     best = None

@@ -158,14 +158,26 @@ def test_unreadable_and_unfinished_folders_are_listed_not_fatal(runs):
 
 
 def test_csv_format_has_the_same_table(runs):
-    a, b = runs["a"], runs["b"]
-    md = invoke(str(a), str(b), "--baseline", str(a))
-    result = invoke(str(a), str(b), "--baseline", str(a), "--format", "csv")
+    a, b, c = runs["a"], runs["b"], runs["c"]
+    md = invoke(str(a), str(b), str(c), "--baseline", str(a))
+    result = invoke(str(a), str(b), str(c), "--baseline", str(a), "--format", "csv")
     assert result.exit_code == 0, result.output
     parsed = list(csv.reader(io.StringIO(result.stdout)))
     headers, rows, _ = markdown_rows(md.stdout)
-    assert parsed == [headers, *rows]
-    assert parsed[0][:2] == ["run", "optim.lr"] and float(parsed[2][1]) == 3e-3
+    assert parsed[0] == ["run", "gradient_transforms[0].name", "optim.lr", "sampler.step", "sst_acc", "sts_pearson",
+                         "mean", "delta_sst_acc", "delta_sts_pearson", "delta_mean", "best_epoch", "wall_seconds",
+                         "status"]
+    assert len(parsed) == 1 + len(rows)
+    for line, row, folder in zip(parsed[1:], rows, (a, b, c)):
+        assert line[0] == row[0] and line[2:4] == row[2:4] and line[10] == row[10] and line[12] == row[12]
+        # no "—": a value a run lacks is an empty cell
+        assert line[1] == ("" if row[1] == "—" else row[1]) and "—" not in line
+        # scores and deltas at full precision, rounding to the Markdown cells
+        for value, cell in zip(line[4:10], row[4:10]):
+            assert f"{float(value):+.3f}".lstrip("+") == cell.lstrip("+")
+        # wall time in seconds, as a number
+        assert float(line[11]) == json.loads((folder / "run.json").read_text())["train_seconds"]
+    assert float(parsed[2][2]) == 3e-3
 
 
 def test_a_baseline_outside_the_compared_runs_is_the_first_row(runs):
@@ -238,3 +250,51 @@ def test_component_options_are_columns_only_where_runs_of_that_component_differ(
     other = {**plain, "name": "x", "description": "y", "data": {"dir": "/elsewhere", "cache": False},
              "train": {"progress": False, "threads": 2, "device": "cpu"}}
     assert differing_keys([record("a", plain), record("b", other)]) == []
+
+
+# --------------------------------------------------------------------------- which metrics
+@pytest.fixture(scope="module")
+def plugin_task_runs(tmp_path_factory):
+    """Two runs of tasks a plugin adds (mtbert.testing's tiny tasks), at two learning rates."""
+    from mtbert.testing import run_tiny_recipe, tiny_plugins
+
+    root = tmp_path_factory.mktemp("plugin-tasks")
+    plugins = tiny_plugins()
+    folders = [run_tiny_recipe(plugins, root / name, overrides=[f"optim.lr={lr}", "train.predict=false"])[0]
+               for name, lr in (("slow", "1e-3"), ("fast", "3e-3"))]
+    return plugins, folders
+
+
+def test_plugin_tasks_primary_metrics_are_the_default_columns(plugin_task_runs):
+    plugins, folders = plugin_task_runs
+    expected = ["tiny_sentiment_acc", "tiny_paraphrase_acc", "tiny_similarity_pearson", "mean"]
+    for registry in (plugins.registry, None):  # from the task specs, or read off the runs' metrics
+        table, records = compare(folders, registry=registry)
+        assert table.headers == ["run", "optim.lr", *expected, "best epoch", "wall time", "status"]
+        for row, record in zip(table.rows, records):
+            assert row[2:6] == [f"{record.best['dev'][m]:.3f}" for m in expected]
+    result = invoke(*(str(f) for f in folders))  # the command, with only mtbert's own plugins installed
+    assert result.exit_code == 0, result.output
+    headers, _, _ = markdown_rows(result.stdout)
+    assert headers[2:6] == expected
+
+
+def test_metric_option_chooses_the_columns(plugin_task_runs, runs):
+    _, folders = plugin_task_runs
+    result = invoke(*(str(f) for f in folders), "--metric", "tiny_sentiment_macro_f1", "--metric", "mean",
+                    "--baseline", str(folders[0]))
+    assert result.exit_code == 0, result.output
+    headers, rows, _ = markdown_rows(result.stdout)
+    assert headers == ["run", "optim.lr", "tiny_sentiment_macro_f1", "mean", "Δ tiny_sentiment_macro_f1", "Δ mean",
+                       "best epoch", "wall time", "status"]
+    dev = best(folders[1])["dev"]
+    assert rows[1][2:4] == [f"{dev['tiny_sentiment_macro_f1']:.3f}", f"{dev['mean']:.3f}"]
+    # a metric only some runs have: empty for the others; one no run has: one error line
+    result = invoke(str(runs["a"]), str(folders[0]), "--metric", "sst_acc", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    parsed = list(csv.reader(io.StringIO(result.stdout)))
+    assert parsed[0][-4] == "sst_acc" and parsed[1][-4] != "" and parsed[2][-4] == ""
+    result = invoke(str(runs["a"]), "--metric", "sst_f1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: --metric sst_f1: no compared run has this dev metric; they have: {', '.join(best(runs['a'])['dev'])}"]

@@ -308,6 +308,7 @@ class RunContext:
             save_training_state(self.checkpoints / "last", self.model.state_dict(), state)
         finally:
             self.distributed.barrier()
+        self.hook.mtbert_on_state_saved(run=self, folder=self.checkpoints / "last")
 
 
 def _quiet(_message: str) -> None:
