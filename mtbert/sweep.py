@@ -41,57 +41,17 @@ samples ``N`` trials over the ranges the recipe declares in a ``[sweep]`` table,
 
 Each trial is a run folder ``DIR/<name>-trial-<k>/``; the objective is the best checkpoint's
 dev ``metric`` (``metrics.json``'s ``best.dev``). The study (TPE, seeded with the recipe's
-``seed``) is stored in ``DIR/optuna.db`` (SQLite), so rerunning the same command continues it
-up to ``N`` finished trials in all. It ends with the compare table of every trial and the best
+``seed`` and the process id) is stored in ``DIR/optuna.db`` (SQLite), so rerunning the same
+command continues it up to ``N`` finished trials in all. It ends with the compare table of every trial and the best
 trial's values.
 
-Ray Tune (not a dependency; how it plugs in — seed 003 tuned lr, weight decay, dropout and batch
-size with population-based training through Ray Tune). A Tune trainable is a function of a
-``config`` dict whose keys are recipe key paths; it trains one recipe through the same engine
-call ``mtbert run`` makes, and an event-hook plugin reports every evaluation to Tune::
+Several processes or machines share one study with ``--storage URL`` (any Optuna RDB URL;
+default the SQLite file above): each asks the study for its next trial (ask and tell), so no
+trial runs twice, and all stop when ``N`` trials have finished or are running between them.
 
-    from pathlib import Path
-    from ray import tune                      # Ray >= 2.41: tune.report; older 2.x: ray.train.report
-    from mtbert import hookimpl
-    from mtbert.engine.run import run_recipe
-    from mtbert.plugins import load_plugins
-    from mtbert.recipe import load_recipe
-    from mtbert.sweep import toml_literal
-
-    class TuneReport:                         # a plugin object: only an event hook
-        @hookimpl
-        def mtbert_on_evaluate(self, run, stage, epoch, step, metrics):
-            tune.report({**metrics, "epoch": epoch, "step": step})   # Tune may stop the trial here
-
-    def trainable(config):
-        plugins = load_plugins([("tune-report", TuneReport())])      # builtins + the reporter
-        overrides = [f"{key}={toml_literal(value)}" for key, value in config.items()]
-        recipe = load_recipe("/abs/path/recipe.toml", overrides + ["train.progress=false"], plugins)
-        run_recipe(recipe, plugins, out=Path(tune.get_context().get_trial_dir()) / "run")
-
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 2, "gpu": 1}),
-        param_space={"optim.lr": tune.loguniform(1e-5, 1e-4), "model.hidden_dropout": tune.uniform(0.0, 0.5),
-                     "optim.batch_size": tune.choice([8, 16, 32])},
-        tune_config=tune.TuneConfig(metric="mean", mode="max", num_samples=16,
-                                    scheduler=tune.schedulers.ASHAScheduler(grace_period=1)),
-    )
-    tuner.fit()
-
-Search algorithms and early-stopping schedulers (random, Optuna/HyperOpt through Tune, ASHA,
-HyperBand) work with this as it is: each trial is a normal run folder inside Tune's trial
-folder, so ``mtbert compare`` reads them afterwards. ``mtbert sweep`` itself is the Optuna
-path above; a ``--ray`` option would build this trainable from the same ``[sweep.space]``
-table (``low/high/log`` -> ``tune.loguniform``/``tune.uniform``/``tune.randint``,
-``choices`` -> ``tune.choice``). Population-based training additionally *exploits*: it
-copies a better trial's state into a worse one and perturbs its hyperparameters mid-run. In
-mtbert that is "continue a run from another run's ``checkpoints/last`` with changed
-``optim.lr``/``optim.weight_decay``/dropout", which needs two engine changes, not done here:
-(1) an event after the epoch's state is saved (``mtbert_on_evaluate`` is called before
-``checkpoints/last`` is written), so the reporter can hand Tune that folder as the trial's
-checkpoint (``tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(...))``);
-(2) a resume that accepts changed ``optim``/dropout values (``--resume`` refuses a changed
-recipe today) and applies them to the restored optimizer's parameter groups.
+Population-based training on Ray Tune (``--pbt N``, ``pip install 'mtbert[ray]'``) is
+:mod:`mtbert.sweep_pbt`: the same ``[sweep.space]``, trials checkpointed and restored through
+mtbert's own ``--resume`` state, one machine or a Ray cluster unchanged.
 """
 
 from __future__ import annotations
@@ -529,11 +489,21 @@ def open_study(optuna: Any, storage: str, name: str, seed: int) -> Any:
 
     from mtbert.engine.seeding import derive_seed
 
+    import random
+    import time
+
     kwargs = {"connect_args": {"timeout": 120}} if storage.startswith("sqlite:") else {}
-    rdb = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
-    sampler = optuna.samplers.TPESampler(seed=derive_seed(seed, "optuna", os.getpid()))
-    return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
-                               sampler=sampler)
+    sampler = optuna.samplers.TPESampler(seed=derive_seed(seed, "optuna", os.getpid()) % 2**32)
+    for attempt in range(6):
+        try:
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+            return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
+                                       sampler=sampler)
+        except Exception as exc:  # noqa: BLE001 - two processes creating the tables at once: the loser retries
+            if attempt == 5 or type(exc).__name__ not in ("IntegrityError", "OperationalError"):
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def _counted(study: Any, optuna: Any, below: int | None = None) -> int:
