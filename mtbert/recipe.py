@@ -93,6 +93,7 @@ class TrainSection:
     select: str = option("mean", help="dev metric that picks the best checkpoint (mean, sst_acc, ...)")
     log_every: int = option(10, help="log training scalars every N optimizer steps", min=1)
     checkpoint_every: int | None = option(None, help="also save resumable state every N optimizer steps", min=1)
+    keep_last: bool = option(False, help="keep checkpoints/last (weights and optimizer state, what resuming needs) once the run has finished; an unfinished run always keeps it")
     max_steps_per_epoch: int | None = option(None, help="cut every epoch after N sampler steps (quick experiments)", min=1)
     progress: bool = option(True, help="show a progress bar on the terminal")
     threads: int | None = option(None, help="CPU threads for torch (default: torch's choice)", min=1)
@@ -228,19 +229,50 @@ def read_with_includes(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[
 _INDEX = re.compile(r"^\d+$")
 
 
+_KEY_PART = re.compile(r"^([^\[\]]*)((?:\[\d+\])*)$")
+
+
+def split_key(key: str) -> list[str] | None:
+    """``gradient_transforms[0].c`` -> ``["gradient_transforms", "0", "c"]``; None when malformed.
+
+    List items are reached with the names ``compare`` and TensorBoard print (``name[0]``); a
+    bare index (``gradient_transforms.0.c``) works too.
+    """
+    parts: list[str] = []
+    for piece in key.split("."):
+        match = _KEY_PART.match(piece.strip())
+        if match is None or (not match.group(1) and not match.group(2)):
+            return None
+        if match.group(1):
+            parts.append(match.group(1))
+        parts.extend(re.findall(r"\[(\d+)\]", match.group(2)))
+    return parts or None
+
+
+def key_label(parts: list[str]) -> str:
+    """The printed name of a key path: ``["stages", "0", "epochs"]`` -> ``stages[0].epochs``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if _INDEX.match(part) and out else (f".{part}" if out else part)
+    return out
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], value), the value read as a TOML value when it parses."""
+    """``a.b[0].c=value`` -> (["a", "b", "0", "c"], value), the value read as a TOML value when it parses."""
     if "=" not in text:
         raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE")
     key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    parts = split_key(key.strip())
+    if parts is None:
         raise RecipeError(f"--set {text!r}: empty key in the key path")
+    if parts[0] == "include":
+        raise RecipeError(f"--set {text}: include cannot be overridden (it is read before --set applies); "
+                          "write include = ... in a recipe file (mtbert recipes copy NAME gives an editable one)")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # bare words are strings: --set sampler.name=loop
-    return key.split("."), value
+    return parts, value
 
 
 def apply_override(table: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
@@ -249,7 +281,8 @@ def apply_override(table: dict[str, Any], parts: list[str], value: Any, text: st
         nxt = parts[i + 1]
         if isinstance(node, list):
             if not _INDEX.match(part) or int(part) >= len(node):
-                raise RecipeError(f"--set {text}: {'.'.join(parts[:i + 1])}: no such list item")
+                raise RecipeError(f"--set {text}: {key_label(parts[:i + 1])}: no such list item "
+                                  f"(the list has {len(node)} item{'s' if len(node) != 1 else ''})")
             node = node[int(part)]
             continue
         child = node.get(part)
@@ -260,12 +293,13 @@ def apply_override(table: dict[str, Any], parts: list[str], value: Any, text: st
             child = {"name": child}  # a component given by name gains options
             node[part] = child
         elif not isinstance(child, (dict, list)):
-            raise RecipeError(f"--set {text}: {'.'.join(parts[:i + 1])} is {child!r}, not a table")
+            raise RecipeError(f"--set {text}: {key_label(parts[:i + 1])} is {child!r}, not a table")
         node = child
     last = parts[-1]
     if isinstance(node, list):
         if not _INDEX.match(last) or int(last) >= len(node):
-            raise RecipeError(f"--set {text}: {'.'.join(parts)}: no such list item")
+            raise RecipeError(f"--set {text}: {key_label(parts)}: no such list item "
+                              f"(the list has {len(node)} item{'s' if len(node) != 1 else ''})")
         node[int(last)] = value
     else:
         node[last] = value
@@ -536,14 +570,14 @@ def load_recipe(path: str | Path, overrides: list[str] = (), plugins: Plugins | 
     for text in overrides:
         parts, value = parse_override(text)
         apply_override(table, parts, value, text)
-    override_keys = {parse_override(t)[0][0] + "." + ".".join(parse_override(t)[0][1:]) for t in overrides}
+    override_keys = [key_label(parse_override(t)[0]) for t in overrides]
     try:
         return validate(table, plugins, source=str(path))
     except RecipeError as exc:
         lines = []
         for problem in exc.problems:
             key = problem.split(": ", 1)[0]
-            if any(key == k.rstrip(".") or key.startswith(k) for k in override_keys):
+            if any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in override_keys):
                 lines.append(f"--set {problem}")
             else:
                 lines.append(f"{locate(key, files)}: {problem}")

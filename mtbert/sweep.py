@@ -69,7 +69,7 @@ from mtbert.errors import MtbertError, RecipeError
 
 SWEEP_KEYS = ("space", "grid", "metric")
 #: Recipe keys that do not change what a run computes (not compared when skipping a variant).
-NEUTRAL_KEYS = {"train.progress", "train.device", "train.threads", "data.dir", "data.cache"}
+NEUTRAL_KEYS = {"train.progress", "train.keep_last", "train.device", "train.threads", "data.dir", "data.cache"}
 
 
 # --------------------------------------------------------------------------- the [sweep] table
@@ -188,17 +188,18 @@ def split_values(text: str) -> list[str]:
 
 def parse_grid(texts: list[str]) -> list[tuple[str, list[str]]]:
     """``["optim.lr=1e-5,3e-5"]`` -> ``[("optim.lr", ["1e-5", "3e-5"])]`` (values as written)."""
-    from mtbert.recipe import parse_override
+    from mtbert.recipe import key_label, parse_override, split_key
 
     grid: list[tuple[str, list[str]]] = []
     for text in texts:
         if "=" not in text:
             raise RecipeError(f"--grid {text!r}: expected KEY.PATH=VALUE1,VALUE2,...")
         key, raw = text.split("=", 1)
-        key = key.strip()
+        parts = split_key(key.strip())
         values = split_values(raw)
-        if not key or any(not part for part in key.split(".")):
+        if parts is None:
             raise RecipeError(f"--grid {text!r}: empty key in the key path")
+        key = key_label(parts)
         if any(v == "" for v in values):
             raise RecipeError(f"--grid {text!r}: empty value (values are separated by commas)")
         if any(k == key for k, _ in grid):
@@ -259,12 +260,12 @@ def read_table(recipe_path: Path, overrides: list[str]) -> dict[str, Any]:
 
 def _load(recipe_path: Path, base: list[str], extra: list[str], plugins: Any, flag: str = "--grid") -> Any:
     """Validate the recipe with ``base`` (--set) then ``extra`` overrides; ``extra``'s errors say ``flag``."""
-    from mtbert.recipe import load_recipe, parse_override
+    from mtbert.recipe import key_label, load_recipe, parse_override
 
     try:
         return load_recipe(recipe_path, [*base, *extra], plugins)
     except RecipeError as exc:
-        keys = [".".join(parse_override(text)[0]) for text in extra]
+        keys = [key_label(parse_override(text)[0]) for text in extra]
         lines = []
         for line in exc.problems:
             if line.startswith("--set "):

@@ -66,6 +66,7 @@ warmup = 0.0
 progress = false
 predict = false
 device = "cpu"
+keep_last = true
 {extra}"""
 
 # Learned loss weights (their parameters are averaged across processes, the heads' summed).

@@ -88,7 +88,7 @@ def test_finetune_mode_changes_the_encoder(write_recipe, builtin_plugins, data_d
 def test_dropout_setting_reaches_the_encoder(write_recipe, builtin_plugins, data_dir, minilm_dir, tmp_path):
     folder, _ = tiny_run(write_recipe, builtin_plugins, data_dir, tmp_path / "run",
                          ["model.hidden_dropout=0.3", "model.attention_dropout=0.2", "optim.epochs=1"])
-    config = json.loads((folder / "checkpoints" / "encoder" / "config.json").read_text())
+    config = json.loads((folder / "checkpoints" / "encoder-config" / "config.json").read_text())
     assert config["hidden_dropout_prob"] == 0.3 and config["attention_probs_dropout_prob"] == 0.2
 
 

@@ -54,7 +54,7 @@ from mtbert.engine.heads import (
     pooled_input,
     sequences_of,
 )
-from mtbert.engine.progress import Progress, _clock
+from mtbert.engine.progress import Progress
 from mtbert.engine.sampling import SeededSampler
 from mtbert.engine.seeding import derive_seed
 from mtbert.engine.trainer import build_optimizer, lr_lambda
@@ -953,11 +953,6 @@ def test_derive_seed_is_stable_and_separates_streams():
     torch.Generator().manual_seed(big)  # always a valid torch seed
 
 
-def test_clock_format():
-    assert _clock(0) == "00:00" and _clock(59.9) == "00:59" and _clock(61) == "01:01"
-    assert _clock(3661) == "1:01:01" and _clock(-5) == "00:00"
-
-
 def test_progress_prints_every_tenth_off_terminal():
     out = io.StringIO()
     bar = Progress(100, "train", stream=out)
@@ -966,8 +961,8 @@ def test_progress_prints_every_tenth_off_terminal():
     bar.close()
     lines = out.getvalue().splitlines()
     assert len(lines) == 10
-    assert [line.split("] ")[1].split(" ")[0] for line in lines] == [f"{k}/100" for k in range(10, 101, 10)]
-    assert lines[-1].startswith("train [####################] 100/100 loss 0.1235 |")
+    assert [line.split("| ")[1].split(" ")[0] for line in lines] == [f"{k}/100" for k in range(10, 101, 10)]
+    assert lines[-1].startswith("train: 100%|") and "loss=0.1235" in lines[-1]
 
 
 def test_progress_disabled_and_resumed_and_tty():
@@ -994,7 +989,7 @@ def test_progress_disabled_and_resumed_and_tty():
         bar.update(1)
     bar.close()
     text = tty.getvalue()
-    assert text.startswith("\r") and text.endswith("\n") and "3/3" in text and "\033[K" in text
+    assert "\r" in text and text.endswith("\n") and "3/3" in text
 
 
 def test_build_optimizer_state_resumes_identically_through_training_state(tmp_path):

@@ -62,7 +62,7 @@ def test_mtbert_plugins_lists_the_example_with_its_distribution(example_version)
 def test_the_examples_recipe_trains_end_to_end(example_version, data_dir, minilm_dir, tmp_path):
     out = tmp_path / "run"
     sets = [f"data.dir={json.dumps(str(data_dir))}", "model.checkpoint=random:tiny", "optim.epochs=3",
-            "train.progress=false", "train.threads=1"]
+            "train.progress=false", "train.threads=1", "train.keep_last=true"]
     for task in ("sst", "para", "sts"):
         sets += [f"tasks.{task}.train_limit=32", f"tasks.{task}.dev_limit=32", f"tasks.{task}.test_limit=8"]
     args = ["run", str(RECIPE), "--out", str(out)]

@@ -75,8 +75,8 @@ def test_run_folder_holds_everything_promised(tmp_path, data_dir, minilm_dir, pl
     names = {p.name for p in folder.iterdir()}
     assert {"recipe.toml", "run.json", "metrics.jsonl", "metrics.json", "checkpoints", "predictions"} <= names
     assert (folder / "checkpoints" / "best.safetensors").is_file()
-    assert (folder / "checkpoints" / "last" / "state.json").is_file()
-    assert {"config.json", "vocab.txt"} <= {p.name for p in (folder / "checkpoints" / "encoder").iterdir()}
+    assert not (folder / "checkpoints" / "last").exists()  # a finished run drops it (train.keep_last = false)
+    assert {"config.json", "vocab.txt"} <= {p.name for p in (folder / "checkpoints" / "encoder-config").iterdir()}
     assert list(folder.glob("events.out.tfevents.*"))  # in the folder itself: TensorBoard's run is the folder
     predictions = {p.name for p in (folder / "predictions").iterdir()}
     assert {"sst-dev-output.csv", "sst-test-output.csv", "para-dev-output.csv", "sts-dev-output.csv",

@@ -49,6 +49,14 @@ class TaskSpec:
     prediction_header: str
     prediction_file: str
     class_names: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    #: Where this task's default files are, for a plugin that ships its own data (called lazily,
+    #: like ``CheckpointSpec.folder``: ``lambda: Path(__file__).parent / "data"``). None: the
+    #: recipe's ``data.dir``. ``tasks.<name>.<split>_file`` still overrides a file.
+    data_folder: Callable[[], Path] | None = attrs.field(default=None, hash=False, eq=False)
+
+    def default_folder(self, data_dir: Path) -> Path:
+        """The folder holding this task's default files: its own ``data_folder`` or ``data_dir``."""
+        return Path(self.data_folder()) if self.data_folder is not None else data_dir
 
     def __attrs_post_init__(self) -> None:
         if len(self.text_columns) not in (1, 2):

@@ -255,16 +255,47 @@ def load_entry(path: Path, key: dict[str, Any]) -> EncodedExamples:
 
 
 # --------------------------------------------------------------------------- the call site
+#: Examples tokenized per call when a progress bar is shown.
+CHUNK = 2048
+
+
+def concat_encoded(parts: Sequence[EncodedExamples]) -> EncodedExamples:
+    """One EncodedExamples from consecutive chunks of a split (same sequence slots in each)."""
+    first = parts[0]
+    return EncodedExamples(
+        ids=[i for p in parts for i in p.ids],
+        sequences=[[s for p in parts for s in p.sequences[slot]] for slot in range(len(first.sequences))],
+        type_ids=[None if first.type_ids[slot] is None else [t for p in parts for t in p.type_ids[slot]]
+                  for slot in range(len(first.type_ids))],
+        labels=[label for p in parts for label in p.labels],
+    )
+
+
+def encode_in_chunks(task: Any, split: str, examples: Sequence[Any], tokenizer: Any, max_length: int,
+                     progress: bool) -> EncodedExamples:
+    """Tokenize a split; with ``progress`` on a terminal, in chunks of :data:`CHUNK` under a bar.
+
+    Tokenizing is per example, so chunking gives the same result as one call.
+    """
+    from mtbert.engine.progress import _is_terminal, track
+
+    if not progress or len(examples) <= CHUNK or not _is_terminal(sys.stderr):
+        return task.input_format.encode_examples(tokenizer, examples, max_length)
+    starts = range(0, len(examples), CHUNK)
+    parts = [task.input_format.encode_examples(tokenizer, examples[i:i + CHUNK], max_length)
+             for i in track(starts, len(starts), f"tokenize {task.name} {split}", enabled=True, unit="chunk")]
+    return concat_encoded(parts)
 def encode_cached(
     task: Any, split: str, path: Path, examples: Sequence[Any], *, tokenizer: Any, max_length: int,
     limit: int | None, slice_seed: int, strict: bool, warn: Callable[[str], None] = lambda message: None,
-    enabled: bool = True, root: Path | None = None,
+    enabled: bool = True, root: Path | None = None, progress: bool = False,
 ) -> EncodedExamples:
     """``task.input_format.encode_examples(tokenizer, examples, max_length)``, through the cache.
 
     ``slice_seed`` is the seed the slice was drawn with (already derived for task and split).
+    With ``progress`` a cache miss tokenizes in chunks under a bar (terminal only).
     """
-    encode = lambda: task.input_format.encode_examples(tokenizer, examples, max_length)  # noqa: E731
+    encode = lambda: encode_in_chunks(task, split, examples, tokenizer, max_length, progress)  # noqa: E731
     if not enabled:
         return encode()
     key = entry_key(task=task.name, split=split, path=path, input_format=task.input_format, tokenizer=tokenizer,

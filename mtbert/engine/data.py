@@ -71,7 +71,8 @@ def resolve_file(data_dir: Path, task_name: str, section: Any, spec: Any, split:
     default = spec.files.get(split)
     if default is None:
         return None, key
-    return data_dir / default, "data.dir"
+    folder = spec.default_folder(data_dir) if hasattr(spec, "default_folder") else data_dir
+    return folder / default, "data.dir"
 
 
 def missing_data_files(recipe: Any) -> list[str]:
@@ -89,11 +90,13 @@ def missing_data_files(recipe: Any) -> list[str]:
     for name, task_recipe in recipe.tasks.items():
         for split in ("train", "dev", "test"):
             path, key = resolve_file(data_dir, name, task_recipe.section, task_recipe.spec, split)
-            if path is None or path.is_file() or (key == "data.dir" and (split == "test" or folder_missing)):
+            own = getattr(task_recipe.spec, "data_folder", None) is not None  # the task ships its files
+            if path is None or path.is_file() or (key == "data.dir" and (split == "test" or (folder_missing and not own))):
                 continue
             where = f"data.dir ({name} {split})" if key == "data.dir" else f"{key} ({name} {split})"
             problems.append(f"data file for {where} not found: {path}")
-    uses_folder = any(not getattr(t.section, f"{split}_file") for t in recipe.tasks.values() for split in ("train", "dev"))
+    uses_folder = any(not getattr(t.section, f"{split}_file") and getattr(t.spec, "data_folder", None) is None
+                      for t in recipe.tasks.values() for split in ("train", "dev"))
     if folder_missing and uses_folder:
         problems.insert(0, f"data folder not found: {data_dir} (set ${DATA_DIR_ENV}, --set data.dir=PATH, or dir under [data])")
     return problems
@@ -116,6 +119,7 @@ def sample_rows(examples: list[Any], limit: int | None, seed: int) -> list[Any]:
 def load_split(
     task: TaskData, split: str, path: Path, key: str, *, tokenizer: Any, max_length: int,
     strict: bool, limit: int | None, warn: Callable[[str], None], slice_seed: int = 0, cache: bool = False,
+    progress: bool = False,
 ) -> SplitData:
     """Read, slice and tokenize one split of a task (see :func:`sample_rows` for ``limit``).
 
@@ -130,7 +134,7 @@ def load_split(
     seed = derive_seed(slice_seed, task.name, split)
     examples = sample_rows(result.examples, limit, seed)
     encoded = encode_cached(task, split, path, examples, tokenizer=tokenizer, max_length=max_length, limit=limit,
-                            slice_seed=seed, strict=strict, warn=warn, enabled=cache)
+                            slice_seed=seed, strict=strict, warn=warn, enabled=cache, progress=progress)
     data = SplitData(path=path, examples=examples, encoded=encoded,
                      skipped=len(result.skipped), total_rows=result.total_rows)
     task.splits[split] = data

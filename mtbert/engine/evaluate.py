@@ -14,6 +14,7 @@ import torch
 
 from mtbert.engine.data import TaskData, eval_batches
 from mtbert.engine.device import autocast
+from mtbert.engine.progress import track
 
 
 def mean_score(metrics: dict[str, float], tasks: dict[str, TaskData]) -> float | None:
@@ -26,13 +27,15 @@ def mean_score(metrics: dict[str, float], tasks: dict[str, TaskData]) -> float |
 
 @torch.inference_mode()
 def predict_split(
-    model: Any, task: TaskData, split: str, *, device: torch.device, precision: str, batch_size: int
+    model: Any, task: TaskData, split: str, *, device: torch.device, precision: str, batch_size: int,
+    progress: bool = False,
 ) -> tuple[list[str], list[float | int], list[Any]]:
-    """(ids, predictions, labels) in file order for one task's split."""
+    """(ids, predictions, labels) in file order for one task's split (a bar on a terminal with ``progress``)."""
     head = model.heads[task.name]
     encoded = task.splits[split].encoded
     predictions: list[Any] = [None] * len(encoded)
-    for indices in eval_batches(encoded, batch_size):
+    batches = eval_batches(encoded, batch_size)
+    for indices in track(batches, len(batches), f"{split} {task.name}", enabled=progress):
         batch = task.collate(split, indices).to(device)
         with autocast(device, precision):
             raw = model(batch)
@@ -43,7 +46,8 @@ def predict_split(
 
 
 def evaluate(
-    model: Any, tasks: dict[str, TaskData], split: str, *, device: torch.device, precision: str, batch_size: int
+    model: Any, tasks: dict[str, TaskData], split: str, *, device: torch.device, precision: str, batch_size: int,
+    progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, tuple[list[str], list[Any]]]]:
     """Metrics of every task that has ``split`` loaded, plus ``mean``; and the predictions."""
     was_training = model.training
@@ -55,7 +59,7 @@ def evaluate(
             if split not in task.splits:
                 continue
             ids, predictions, labels = predict_split(
-                model, task, split, device=device, precision=precision, batch_size=batch_size
+                model, task, split, device=device, precision=precision, batch_size=batch_size, progress=progress
             )
             outputs[name] = (ids, predictions)
             if labels and all(label is not None for label in labels):

@@ -17,7 +17,7 @@ import torch
 from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.data import TaskData
 from mtbert.engine.device import choose_device
-from mtbert.engine.run import build_model
+from mtbert.engine.run import ENCODER_FILES, build_model
 from mtbert.errors import CheckpointError
 from mtbert.plugins import Plugins
 from mtbert.recipe import DATA_DIR_ENV, Recipe, load_recipe
@@ -46,6 +46,13 @@ def _recorded_data_dir(folder: Path) -> str | None:
     return None
 
 
+def encoder_files_folder(folder: Path) -> Path:
+    """The run's encoder config and vocabulary (``checkpoints/encoder/`` in older run folders)."""
+    new = folder / "checkpoints" / ENCODER_FILES
+    old = folder / "checkpoints" / "encoder"
+    return old if not new.is_dir() and old.is_dir() else new
+
+
 def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> RestoredRun:
     from mtbert.model.bert import BertEncoder
     from mtbert.model.config import BertConfig
@@ -66,7 +73,7 @@ def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> R
         if "dir" not in tomllib.loads(recipe_path.read_text(encoding="utf-8")).get("data", {}):
             overrides.insert(0, f"data.dir={json.dumps(recorded)}")
     recipe = load_recipe(recipe_path, overrides, plugins)
-    encoder_dir = folder / "checkpoints" / "encoder"
+    encoder_dir = encoder_files_folder(folder)
     config = BertConfig.from_json_file(encoder_dir / "config.json")
     tokenizer = BertTokenizer.from_folder(encoder_dir)
     encoder = BertEncoder(config, attention=recipe.model.attention)

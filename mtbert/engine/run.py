@@ -3,7 +3,8 @@
 ``run_recipe`` is what ``mtbert run`` calls. The run folder holds (DESIGN.md, "Runs"):
 ``recipe.toml`` (resolved), ``run.json`` (versions, commit, plugins, device, seed, data file
 hashes, times, status), ``metrics.jsonl`` (one line per evaluation), ``metrics.json`` (best
-and last), ``tb/`` (TensorBoard), ``checkpoints/`` (``best.safetensors`` and ``last/`` for
+and last), TensorBoard event files (in the folder itself, so TensorBoard names the run after
+its folder), ``checkpoints/`` (``best.safetensors`` and ``last/`` for
 ``--resume``, plus the encoder's config and vocabulary so the run is self-contained) and
 ``predictions/`` (dev and test predictions of the best checkpoint, CS224N format).
 
@@ -46,6 +47,8 @@ from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
 
 RUN_STATE_VERSION = 1
+#: Folder under checkpoints/ with the encoder's config and vocabulary (no weights).
+ENCODER_FILES = "encoder-config"
 
 
 def _now() -> str:
@@ -163,7 +166,7 @@ class RunContext:
 
     def interrupt_message(self) -> str:
         return (f"{self.stop_reason}: stopped at step {self.global_step}; state saved in {self.checkpoints / 'last'}; "
-                f"continue with: mtbert run {self.folder / 'recipe.toml'} --out {self.folder} --resume")
+                f"continue with: mtbert resume {self.folder}")
 
     # ----------------------------------------------------------------- set-up
     def build(self) -> None:
@@ -214,17 +217,22 @@ class RunContext:
                 data = load_split(task, split, path, key if key != "data.dir" else f"data.dir ({name} {split})",
                                   tokenizer=tokenizer, max_length=recipe.data.max_length,
                                   strict=recipe.data.strict, limit=limit, warn=self.warn,
-                                 slice_seed=recipe.data.slice_seed, cache=recipe.data.cache)
+                                  slice_seed=recipe.data.slice_seed, cache=recipe.data.cache,
+                                  progress=recipe.train.progress and self.distributed.is_main)
                 self.data_files.setdefault(name, {})[split] = str(path.resolve())
                 self.data_files[name][f"{split}_sha1"] = sha1_file(path)
                 self.data_files[name][f"{split}_rows"] = str(len(data.examples))
 
     def save_encoder_files(self) -> None:
-        """Config and vocabulary of the encoder, so eval and predict need no original checkpoint."""
-        folder = self.checkpoints / "encoder"
+        """Config and vocabulary of the encoder, so eval, predict and export need no original checkpoint.
+
+        ``checkpoints/encoder-config/`` holds no weights (they are in best.safetensors);
+        ``mtbert export`` writes a loadable Hugging Face folder.
+        """
+        folder = self.checkpoints / ENCODER_FILES
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "config.json", self.model.encoder.config.to_dict())
-        for name in ("vocab.txt", "tokenizer_config.json"):
+        for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
             source = self.backbone.folder / name
             if source.is_file():
                 shutil.copyfile(source, folder / name)
@@ -239,7 +247,8 @@ class RunContext:
         recipe = self.recipe
         start = time.perf_counter()
         metrics, outputs = evaluate(self.model, self.tasks, "dev", device=self.device,
-                                    precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size)
+                                    precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size,
+                                    progress=recipe.train.progress)
         self.last_predictions = {
             name: {"ids": ids, "predictions": predictions, "labels": list(self.tasks[name].splits["dev"].encoded.labels)}
             for name, (ids, predictions) in outputs.items()
@@ -421,7 +430,7 @@ def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     except RecipeError as exc:
         raise RecipeError(f"--resume: the saved recipe {saved} no longer validates: {exc.problems[0]}") from None
     new = recipe.to_dict()
-    ignore = {"train.progress", "train.device", "train.threads", "data.dir", "data.cache"}
+    ignore = {"train.progress", "train.keep_last", "train.device", "train.threads", "data.dir", "data.cache"}
 
     def diff(a: Any, b: Any, path: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -563,6 +572,8 @@ def _run_recipe(
                          "this is a bug in a component's data-parallel support")
         if main and recipe.train.predict and run.best is not None:
             write_predictions(run)
+        if main and not recipe.train.keep_last:
+            drop_last_state(run)
     except MtbertError as exc:
         from mtbert.engine.trainer import RunInterrupted
 
@@ -587,6 +598,13 @@ def _run_recipe(
     return folder, summary
 
 
+def drop_last_state(run: RunContext) -> None:
+    """A finished run needs no resumable state: remove ``checkpoints/last`` (weights and optimizer state)."""
+    for folder in (run.checkpoints / "last", run.checkpoints / "last.old"):
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_predictions(run: RunContext) -> None:
     """Dev and test predictions of the best checkpoint, in the CS224N submission format."""
     state, _ = load_weights(run.checkpoints / "best.safetensors")
@@ -594,7 +612,7 @@ def write_predictions(run: RunContext) -> None:
     out = run.folder / "predictions"
     for split in ("dev", "test"):
         _, outputs = evaluate(run.model, run.tasks, split, device=run.device, precision=run.recipe.train.precision,
-                              batch_size=run.recipe.data.eval_batch_size)
+                              batch_size=run.recipe.data.eval_batch_size, progress=run.recipe.train.progress)
         for name, (ids, predictions) in outputs.items():
             spec = run.tasks[name].spec
             spec.write_predictions(out / spec.prediction_filename(split), ids, predictions)

@@ -173,7 +173,7 @@ class StepLog:
 def test_a_tiny_run_weights_epoch_three_by_the_formula(tmp_path):
     record = StepLog()
     plugins = tiny_plugins(("dwa", dwa), ("record", record))
-    folder, summary = run_tiny_recipe(plugins, tmp_path / "run", overrides=["loss_combiner=dwa", "optim.epochs=3"])
+    folder, summary = run_tiny_recipe(plugins, tmp_path / "run", overrides=["loss_combiner=dwa", "optim.epochs=3", "train.keep_last=true"])
     assert summary["last"]["epoch"] == 3 and len(record.epoch_ends) == 3
     tasks = ["tiny_sentiment", "tiny_paraphrase", "tiny_similarity"]
     bounds = [0, *record.epoch_ends]

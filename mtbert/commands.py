@@ -1,0 +1,84 @@
+"""More ``mtbert`` commands: ``recipes`` (list, copy), ``resume`` and ``export``.
+
+Registered on :data:`mtbert.cli.cli` when that module is imported; kept here so each command
+module stays small.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mtbert.cli import _plugins, _warn, cli, guard, set_option
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+@guard
+def recipes(ctx: click.Context) -> None:
+    """List the recipes shipped with mtbert (run one by name: mtbert run quickstart)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mtbert.shipped import recipes_root, shipped_recipes
+
+    found = shipped_recipes()
+    if not found:
+        click.echo("no shipped recipes found (this installation lacks mtbert/recipes)", err=True)
+        raise SystemExit(2)
+    width = max(len(r.name) for r in found)
+    for recipe in found:
+        click.echo(f"{recipe.name:<{width}}  {recipe.description}")
+    click.echo(f"\n({len(found)} recipes in {recipes_root()}; mtbert run NAME runs one, "
+               "mtbert recipes copy NAME [DEST] writes an editable copy)", err=True)
+
+
+@recipes.command(name="copy")
+@click.argument("name")
+@click.argument("dest", required=False, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+@guard
+def recipes_copy(name: str, dest: Path | None, force: bool) -> None:
+    """Write an editable copy of shipped recipe NAME to DEST (a file or folder; default: here).
+
+    Files the recipe includes are copied beside it, so the copy runs as it is.
+    """
+    from mtbert.shipped import copy_recipe
+
+    for path in copy_recipe(name, dest, force=force):
+        click.echo(f"written: {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@set_option
+@guard
+def resume(run_dir: Path, overrides: tuple[str, ...]) -> None:
+    """Continue the interrupted run in RUN_DIR from its last saved state (its own recipe.toml).
+
+    Only keys that do not change what is computed may be overridden (train.device,
+    train.threads, train.progress, data.dir, ...).
+    """
+    from mtbert.cli import report_run
+    from mtbert.engine.resume import resume_run
+
+    folder, summary = resume_run(run_dir, list(overrides), _plugins(), say=click.echo, warn=_warn)
+    report_run(folder, summary)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["hf", "sentence-transformers"]), default="hf", show_default=True,
+              help="hf: a Hugging Face BERT folder; sentence-transformers: the same plus modules.json and pooling.")
+@click.option("--pooling-from", "pooling_task", metavar="TASK",
+              help="With sentence-transformers: the task whose head's pooling the export uses "
+                   "(needed only when the heads pool differently).")
+@click.option("--force", is_flag=True, help="Write into OUT_DIR even if it holds files.")
+@guard
+def export(run_dir: Path, out_dir: Path, fmt: str, pooling_task: str | None, force: bool) -> None:
+    """Write RUN_DIR's best checkpoint as a Hugging Face BERT folder OUT_DIR (heads beside it)."""
+    from mtbert.export import export_run
+
+    written = export_run(run_dir, out_dir, _plugins(), fmt=fmt, pooling_task=pooling_task, force=force)
+    click.echo(f"exported {run_dir} ({written['checkpoint']}) to {out_dir}: {', '.join(written['files'])}")
