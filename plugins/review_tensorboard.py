@@ -64,7 +64,7 @@ CLASSIFICATION_KINDS = ("binary", "multiclass")
 #: Recipe keys (``fnmatch`` patterns) that do not change what a run computes or scores on dev.
 NOT_RESULT_KEYS = (
     "name", "description", "requires", "train.threads", "train.progress", "train.device", "train.log_every",
-    "train.predict", "train.checkpoint_every", "data.cache", "data.dir", "data.eval_batch_size",
+    "train.predict", "train.checkpoint_every", "train.keep_last", "data.cache", "data.dir", "data.eval_batch_size",
     "tasks.*.test_file", "tasks.*.test_limit", "sweep.*",
 )
 
