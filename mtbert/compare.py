@@ -2,8 +2,9 @@
 
 One row per recipe: its name, the recipe values that differ between the rows, ``n`` (how many
 runs: finished runs whose recipes differ only in ``seed`` are pooled into one row, see
-:mod:`mtbert.replicates`), the best dev scores (SST accuracy, paraphrase accuracy, STS Pearson r,
-mean) as mean ± standard deviation over those runs, their changes against a baseline row with a
+:mod:`mtbert.replicates`), the best dev scores (the primary metric of every task the runs train,
+plugin tasks included, then ``mean``; or the metrics named with ``--metric``) as mean ± standard
+deviation over those runs, their changes against a baseline row with a
 95% bootstrap interval (:mod:`mtbert.bootstrap`, from the dev predictions in the run folders),
 and the wall time. Folders that cannot be read or have no evaluation yet are
 listed under the table rather than stopping the command.
@@ -24,7 +25,7 @@ import io
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 
@@ -118,6 +119,39 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
     return shown
 
 
+def primary_metric(task: str, records: list[RunRecord], registry: Any = None) -> str | None:
+    """A task's primary dev metric: its ``TaskSpec.metric_key`` when the task's plugin is installed,
+    else the first ``<task>_...`` metric of the runs (a task's metrics start with its primary one)."""
+    component = registry.find("task", task) if registry is not None else None
+    key = getattr(getattr(component, "factory", None), "metric_key", None)
+    if key:
+        return key
+    for record in records:
+        for metric in (record.best or {}).get("dev") or {}:
+            if metric.startswith(f"{task}_"):
+                return metric
+    return None
+
+
+def default_metrics(records: list[RunRecord], registry: Any = None) -> list[str]:
+    """Every compared task's primary metric (in the order the recipes list the tasks), then ``mean``."""
+    tasks: list[str] = []
+    for record in records:
+        for task in record.recipe.get("tasks") or {}:
+            if task not in tasks:
+                tasks.append(task)
+    metrics = [m for m in (primary_metric(t, records, registry) for t in tasks) if m]
+    return list(dict.fromkeys([*metrics, "mean"]))
+
+
+def available_metrics(records: list[RunRecord]) -> list[str]:
+    """Every dev metric any compared run's best evaluation has, in first-seen order."""
+    seen: dict[str, None] = {}
+    for record in records:
+        seen.update(dict.fromkeys((record.best or {}).get("dev") or {}))
+    return list(seen)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
@@ -163,13 +197,20 @@ class Table:
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(self.fields)
-        writer.writerows([["" if row.get(f) is None else row.get(f) for f in self.fields] for row in self.data])
+        writer.writerows([[_csv_cell(row.get(f)) for f in self.fields] for row in self.data])
         return out.getvalue()
 
     def json(self) -> str:
         """The CSV's rows as objects (``null`` for no value), with the notes and skipped folders."""
         rows = [{f: row.get(f) for f in self.fields} for row in self.data]
         return json.dumps({"rows": rows, "notes": self.notes, "skipped": self.skipped}, indent=2) + "\n"
+
+
+def _csv_cell(value: Any) -> Any:
+    """No value is an empty cell (never "—"); a list is written as in the Markdown table."""
+    if value is None:
+        return ""
+    return _fmt(value) if isinstance(value, list) else value
 
 
 def _score(row: Row, metric: str) -> str:
@@ -216,13 +257,29 @@ def _read(folders: list[Path], baseline: Path | None, skipped: list[str]) -> tup
     return records, base
 
 
-def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[str, ...] = MAIN_METRICS, *,
-            plugins: Any = None, resamples: int = 10_000, seed: int = 0) -> tuple[Table, list[RunRecord]]:
-    """The compare table: replicates pooled into rows, deltas with bootstrap intervals against ``baseline``."""
+def compare(folders: list[Path], baseline: Path | None = None, metrics: Sequence[str] | None = None, *,
+            plugins: Any = None, registry: Any = None, resamples: int = 10_000,
+            seed: int = 0) -> tuple[Table, list[RunRecord]]:
+    """The compare table: replicates pooled into rows, deltas with bootstrap intervals against ``baseline``.
+
+    ``metrics`` default to :func:`default_metrics` (``registry``, or ``plugins``' registry, names the
+    tasks' primary metrics; without either they are read off the runs' metrics).
+    """
     from mtbert.replicates import pool
 
     skipped: list[str] = []
     records, base = _read(folders, baseline, skipped)
+    if registry is None and plugins is not None:
+        registry = plugins.registry
+    if metrics is None:
+        metrics = default_metrics(records, registry)
+    elif records:
+        have = available_metrics(records)
+        missing = [m for m in metrics if m not in have]
+        if missing:
+            from mtbert.errors import MtbertError
+
+            raise MtbertError(f"--metric {missing[0]}: no compared run has this dev metric; they have: {', '.join(have)}")
     rows = pool(records, _flatten)
     base_row = next((r for r in rows if base is not None and base in r.records), None)
     keys = [k for k in differing_keys([r.first for r in rows]) if k != "seed"]

@@ -164,5 +164,15 @@ def mtbert_on_evaluate(
 
 
 @hookspec
+def mtbert_on_state_saved(run: Any, folder: Any) -> None:
+    """``folder`` (``checkpoints/last``) now holds a complete ``--resume`` state.
+
+    Called after the state written at the end of every epoch (so after that epoch's
+    ``mtbert_on_evaluate``), every ``train.checkpoint_every`` steps and on an interruption; a
+    scheduler that checkpoints trials (Ray Tune's population-based training) hands this folder on.
+    """
+
+
+@hookspec
 def mtbert_on_run_end(run: Any, summary: dict[str, Any]) -> None:
     """A run finished (or stopped early); ``summary`` is what ``metrics.json`` holds."""

@@ -1,14 +1,16 @@
 """TensorBoard review: confusion-matrix images and the HParams dashboard, from event hooks.
 
-The engine already writes, into every run's ``tb/`` folder (``mtbert/engine/run.py`` and
-``mtbert/engine/trainer.py``):
+The engine already writes, into every run folder's own event files (``mtbert/engine/run.py``
+and ``mtbert/engine/trainer.py``; TensorBoard names the run after the folder):
 
 * ``train/loss/<task>`` and ``train/loss/total`` (mean over the last ``train.log_every`` steps),
   ``train/lr``, ``train/weight/<task>`` (the loss combiner's weights),
   ``train/<transform>/<key>`` (``train/pcgrad/conflict_rate``, ``train/pcgrad/mean_cosine``,
   ...), ``train/<regularizer>/<task>`` (``train/smart/sst``: SMART's penalty per task);
 * ``dev/<metric>`` after every evaluation (``dev/sst_acc``, ``dev/para_acc``,
-  ``dev/sts_pearson``, ``dev/mean`` and the extra per-task metrics);
+  ``dev/sts_pearson``, ``dev/mean`` and the extra per-task metrics), step = optimizer step, and
+  the same values as ``dev_by_examples/<metric>``, step = training examples seen, which means
+  the same amount of data whether a step trains one task or all of them;
 * the text summaries ``recipe`` (the resolved TOML) and ``plugins`` (what made the run).
 
 This plugin adds, through the ``mtbert_on_run_start``, ``mtbert_on_evaluate`` and
@@ -17,26 +19,32 @@ This plugin adds, through the ``mtbert_on_run_start``, ``mtbert_on_evaluate`` an
 ``confusion/<task>`` (images, one per evaluation, step = the optimizer step)
     For every classification task (``label_kind`` binary or multiclass; regression tasks such
     as ``sts`` get none) the dev confusion matrix: rows are the true classes, columns the
-    predicted ones (class ids in the margins), each cell showing its count; a cell's colour
-    goes from white to dark blue with the fraction of its row (the class's recall), so the
-    diagonal of a good model is dark. Drawn as a uint8 image with a built-in digit font:
-    no matplotlib.
+    predicted ones, each cell showing its count and shaded by the fraction of its row (the
+    class's recall), so the diagonal of a good model is dark. With matplotlib the axes are
+    titled and the ticks carry the task's class names; without it a plain heat map with class
+    ids (:mod:`mtbert.review_images`, exported by :mod:`mtbert.api`).
 HParams dashboard
-    Every value of the resolved recipe is an hparam, keyed by its path (``optim.lr``,
-    ``tasks.sts.head.name``, ``gradient_transforms[0].name``; lists of numbers become strings
-    such as ``"[0.9, 0.999]"``; booleans become ``"true"``/``"false"``; unset values are
-    left out). The session-start record is written into the run's own ``tb/`` folder when the
-    run starts (so an unfinished run still shows its hparams) and the session-end record when
-    it finishes. The metrics are scalars ``hparam/<metric>``: the best dev evaluation's
-    metrics (``hparam/mean``, ``hparam/sst_acc``, ...), written when the run ends; the
-    dashboard also offers every other scalar of the run (``dev/mean`` is the last evaluation).
+    The recipe values that can change a run's results are hparams, keyed by their path
+    (``optim.lr``, ``tasks.sts.head.name``, ``gradient_transforms[0].name``; lists of numbers
+    become strings such as ``"[0.9, 0.999]"``; booleans ``"true"``/``"false"``; unset values
+    are left out; ``gradient_transforms``, ``regularizers``, ``stages`` and ``tasks`` also
+    hold the names they list, ``"none"`` when empty, so adding a component shows as one
+    differing column). Keys that change nothing (the name, threads, device, progress bars,
+    logging and prediction switches, the data cache and folder, the evaluation batch size,
+    the ``[sweep]`` table: :data:`NOT_RESULT_KEYS`) are left out, so the columns that differ
+    between runs are few and TensorBoard lists them first. The session-start record is
+    written into the run's own event files when the run starts (so an unfinished run still
+    shows its hparams) and the session-end record when it finishes. The metrics are scalars
+    ``hparam/<metric>``: the best dev evaluation's metrics (``hparam/mean``,
+    ``hparam/sst_acc``, ...), written when the run ends.
 
 Why not ``SummaryWriter.add_hparams``: it writes into a sub-folder named after the time, so
 the hparams and the run's own curves land in two different TensorBoard runs; and it writes an
 "experiment" record, of which TensorBoard uses one arbitrary run's, so keys that only some
 compared recipes have (a gradient transform, a regularizer) would be hidden. Writing only the
 session records lets TensorBoard build the experiment from every run's keys, so
-``tensorboard --logdir runs`` compares all runs side by side.
+``tensorboard --logdir runs`` compares all runs side by side. The price: TensorBoard then
+offers every scalar of the runs as a metric column too (``hparam/*`` are the ones to tick).
 
 No recipe options: the plugin is on when installed; ``MTBERT_DISABLE_PLUGINS=review-tensorboard``
 turns it off. A failure to draw or write is reported as a warning and never stops training.
@@ -44,92 +52,25 @@ turns it off. A failure to draw or write is reported as a warning and never stop
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
-import torch
-
-from mtbert.api import confusion_matrix, flatten_recipe, hookimpl
+from mtbert.api import confusion_matrix, confusion_picture, flatten_recipe, hookimpl
 
 CLASSIFICATION_KINDS = ("binary", "multiclass")
 
-# 3x5 glyphs of the digits (rows top to bottom, "1" = ink).
-_DIGITS = {
-    "0": ("111", "101", "101", "101", "111"),
-    "1": ("010", "110", "010", "010", "111"),
-    "2": ("111", "001", "111", "100", "111"),
-    "3": ("111", "001", "111", "001", "111"),
-    "4": ("101", "101", "111", "001", "001"),
-    "5": ("111", "100", "111", "001", "111"),
-    "6": ("111", "100", "111", "101", "111"),
-    "7": ("111", "001", "010", "010", "010"),
-    "8": ("111", "101", "111", "101", "111"),
-    "9": ("111", "101", "111", "001", "111"),
-}
-_GLYPH = {d: torch.tensor([[c == "1" for c in row] for row in rows]) for d, rows in _DIGITS.items()}
-
-WHITE = torch.tensor([255.0, 255.0, 255.0])
-DARK_BLUE = torch.tensor([8.0, 48.0, 107.0])
-MARGIN_COLOUR = torch.tensor([235, 235, 235], dtype=torch.uint8)
+#: Recipe keys (``fnmatch`` patterns) that do not change what a run computes or scores on dev.
+NOT_RESULT_KEYS = (
+    "name", "description", "requires", "train.threads", "train.progress", "train.device", "train.log_every",
+    "train.predict", "train.checkpoint_every", "train.keep_last", "data.cache", "data.dir", "data.eval_batch_size",
+    "tasks.*.test_file", "tasks.*.test_limit", "sweep.*",
+)
 
 
-def text_mask(text: str, scale: int) -> torch.Tensor:
-    """A boolean ``[5*scale, (4*len-1)*scale]`` mask of ``text`` (digits only), one blank column apart."""
-    columns = []
-    for i, char in enumerate(text):
-        if i:
-            columns.append(torch.zeros(5, 1, dtype=torch.bool))
-        columns.append(_GLYPH[char])
-    mask = torch.cat(columns, dim=1)
-    return mask.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
-
-
-def _stamp(image: torch.Tensor, text: str, top: int, left: int, height: int, width: int, colour: torch.Tensor,
-           scale: int) -> None:
-    """Draw ``text`` centred in the box ``(top, left, height, width)`` of an HWC uint8 image."""
-    mask = text_mask(text, scale)
-    h, w = mask.shape
-    y = top + (height - h) // 2
-    x = left + (width - w) // 2
-    region = image[y:y + h, x:x + w]
-    region[mask] = colour
-
-
-def cell_colour(fraction: float) -> torch.Tensor:
-    """White (0) to dark blue (1), as uint8 RGB."""
-    f = min(max(float(fraction), 0.0), 1.0)
-    return (WHITE + (DARK_BLUE - WHITE) * f).round().to(torch.uint8)
-
-
-def confusion_image(matrix: torch.Tensor, scale: int = 2) -> torch.Tensor:
-    """An HWC uint8 heat map of a ``[true, predicted]`` count matrix, counts written in the cells.
-
-    Cell ``(i, j)`` occupies rows ``margin + i*cell ..`` and columns ``margin + j*cell ..``; its
-    colour is :func:`cell_colour` of ``matrix[i, j] / matrix[i].sum()`` (0 for an empty row).
-    The top margin holds the predicted class ids, the left margin the true ones.
-    """
-    matrix = torch.as_tensor(matrix).long().cpu()
-    classes = matrix.shape[0]
-    longest = max(len(str(int(matrix.max()))) if matrix.numel() else 1, len(str(classes - 1)))
-    cell = max(36, (4 * longest - 1) * scale + 8)
-    margin = cell // 2 + 4
-    size = margin + classes * cell
-    image = torch.empty(size, size, 3, dtype=torch.uint8)
-    image[:] = MARGIN_COLOUR
-    rows = matrix.sum(dim=1)
-    black = torch.tensor([0, 0, 0], dtype=torch.uint8)
-    white = torch.tensor([255, 255, 255], dtype=torch.uint8)
-    for i in range(classes):
-        _stamp(image, str(i), margin + i * cell, 0, cell, margin, black, scale)  # true class, left
-        _stamp(image, str(i), 0, margin + i * cell, margin, cell, black, scale)  # predicted class, top
-        for j in range(classes):
-            fraction = float(matrix[i, j]) / float(rows[i]) if rows[i] > 0 else 0.0
-            top, left = margin + i * cell, margin + j * cell
-            image[top:top + cell, left:left + cell] = cell_colour(fraction)
-            image[top:top + cell, left] = MARGIN_COLOUR  # thin grid lines
-            image[top, left:left + cell] = MARGIN_COLOUR
-            _stamp(image, str(int(matrix[i, j])), top, left, cell, cell, white if fraction > 0.5 else black, scale)
-    return image
+def changes_results(key: str) -> bool:
+    """Whether a flattened recipe key can change a run's results (see :data:`NOT_RESULT_KEYS`)."""
+    return not any(fnmatch.fnmatchcase(key, pattern) for pattern in NOT_RESULT_KEYS)
 
 
 def recipe_hparams(table: Any) -> dict[str, Any]:
@@ -147,6 +88,25 @@ def recipe_hparams(table: Any) -> dict[str, Any]:
         elif value is not None:
             out[key] = str(value)
     return out
+
+
+def result_hparams(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The HParams dashboard's values of a resolved recipe: :func:`recipe_hparams` less neutral keys.
+
+    Plus one summary value per list of components and for the tasks (``gradient_transforms =
+    "pcgrad"``, ``regularizers = "none"``, ``tasks = "para, sst, sts"``): TensorBoard marks a
+    column as differing only from the values the runs have, so a key that only some runs have
+    (``gradient_transforms[0].name``) never "differs"; these summaries exist in every run.
+    """
+    values = {k: v for k, v in recipe_hparams(recipe).items() if changes_results(k)}
+    for key in ("gradient_transforms", "regularizers", "stages"):
+        items = recipe.get(key)
+        if isinstance(items, list):
+            values.pop(key, None)  # recipe_hparams' "[]" of an empty list
+            values[key] = ", ".join(str(item.get("name")) for item in items if isinstance(item, dict)) or "none"
+    if isinstance(recipe.get("tasks"), dict):
+        values["tasks"] = ", ".join(sorted(recipe["tasks"]))
+    return values
 
 
 def _session_start(hparams: dict[str, Any]) -> Any:
@@ -181,7 +141,7 @@ def mtbert_on_run_start(run: Any) -> None:
     if writer is None or getattr(run, "resume_state", None) is not None:
         return  # a resumed run wrote its session start the first time
     try:
-        writer._get_file_writer().add_summary(_session_start(recipe_hparams(run.recipe.to_dict())))
+        writer._get_file_writer().add_summary(_session_start(result_hparams(run.recipe.to_dict())))
     except Exception as exc:  # review must never stop training
         _warn(run, "hparams", exc)
 
@@ -199,7 +159,9 @@ def mtbert_on_evaluate(run: Any, stage: str, epoch: int, step: int, metrics: dic
             continue
         try:
             matrix = confusion_matrix(output["predictions"], output["labels"], spec.num_classes)
-            writer.add_image(f"confusion/{name}", confusion_image(matrix), step, dataformats="HWC")
+            picture = confusion_picture(matrix, getattr(spec, "class_names", None),
+                                        f"{name} dev, {stage} epoch {epoch} (step {step})")
+            writer.add_image(f"confusion/{name}", picture, step, dataformats="HWC")
         except Exception as exc:
             _warn(run, f"confusion/{name}", exc)
 

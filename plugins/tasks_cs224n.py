@@ -29,6 +29,7 @@ SST = TaskSpec(
     main=True,
     prediction_header="Predicted_Sentiment",
     prediction_file="sst-{split}-output.csv",
+    class_names=("very negative", "negative", "neutral", "positive", "very positive"),
 )
 
 PARA = TaskSpec(
@@ -42,6 +43,7 @@ PARA = TaskSpec(
     main=True,
     prediction_header="Predicted_Is_Paraphrase",
     prediction_file="para-{split}-output.csv",
+    class_names=("not paraphrase", "paraphrase"),
 )
 
 STS = TaskSpec(
@@ -69,6 +71,7 @@ CFIMDB = TaskSpec(
     main=False,
     prediction_header="Predicted_Sentiment",
     prediction_file="cfimdb-{split}-output.csv",
+    class_names=("negative", "positive"),
 )
 
 TASKS = (SST, PARA, STS, CFIMDB)

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from mtbert.cli import cli
-from mtbert.compare import RunRecord, compare, differing_keys
+from mtbert.compare import HEADERS, RunRecord, compare, differing_keys
 from conftest import random_tiny_recipe
 
 BASE = random_tiny_recipe("cmp", 5, {"sst": {"train_limit": 32, "dev_limit": 32}, "sts": {"train_limit": 32, "dev_limit": 32}},
@@ -160,6 +160,36 @@ def test_csv_and_json_formats_have_the_same_table_with_named_columns(runs):
     assert [list(r) for r in as_json["rows"]] == [parsed[0], parsed[0]]
     assert as_json["rows"][1]["mean"] == pytest.approx(best(b)["dev"]["mean"])
     assert as_json["rows"][1]["delta_mean_ci_low"] is None  # no predictions kept: no interval
+
+
+def test_csv_format_has_the_same_table(runs):
+    a, b, c = runs["a"], runs["b"], runs["c"]
+    md = invoke(str(a), str(b), str(c), "--baseline", str(a))
+    result = invoke(str(a), str(b), str(c), "--baseline", str(a), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    parsed = list(csv.reader(io.StringIO(result.stdout)))
+    headers, rows, _ = markdown_rows(md.stdout)
+    fields = parsed[0]
+    keys = ["gradient_transforms[0].name", "optim.lr", "sampler.step"]
+    scores = ["sst_acc", "sts_pearson", "mean"]
+    assert fields[:5] == ["run", *keys, "n"] and fields[-3:] == ["best_epoch", "wall_seconds", "status"]
+    assert [f for f in fields if f in scores or f.startswith("delta_") and not f.endswith(("_low", "_high"))] == [
+        *scores, "delta_sst_acc", "delta_sts_pearson", "delta_mean"]
+    assert len(parsed) == 1 + len(rows)
+    for line, row, folder in zip(parsed[1:], rows, (a, b, c)):
+        cell = dict(zip(fields, line))
+        assert cell["run"] == row[0] and [cell[k] for k in keys[1:]] == row[2:4]
+        assert cell["best_epoch"] == row[headers.index("best epoch")] and cell["status"] == row[headers.index("status")]
+        # no "—": a value a run lacks is an empty cell
+        assert cell[keys[0]] == ("" if row[1] == "—" else row[1]) and "—" not in line
+        # scores and deltas at full precision, rounding to the Markdown cells
+        for metric in scores:
+            for value, shown in ((cell[metric], row[headers.index(HEADERS.get(metric, metric))]),
+                                 (cell[f"delta_{metric}"], row[headers.index(f"Δ {HEADERS.get(metric, metric)}")])):
+                assert f"{float(value):+.3f}".lstrip("+") == shown.lstrip("+")
+        # wall time in seconds, as a number
+        assert float(cell["wall_seconds"]) == json.loads((folder / "run.json").read_text())["train_seconds"]
+    assert float(dict(zip(fields, parsed[2]))["optim.lr"]) == 3e-3
 
 
 def test_a_baseline_outside_the_compared_runs_is_the_first_row(runs):
@@ -331,3 +361,52 @@ def test_markdown_marks_a_change_whose_interval_excludes_zero():
                                  seconds=None, status="finished")
     assert _score(Row([record(0.724), record(0.732), record(0.728)]), "mean") == "0.728 ± 0.004"
     assert _score(Row([record(0.7)]), "mean") == "0.700"
+
+
+# --------------------------------------------------------------------------- which metrics
+@pytest.fixture(scope="module")
+def plugin_task_runs(tmp_path_factory):
+    """Two runs of tasks a plugin adds (mtbert.testing's tiny tasks), at two learning rates."""
+    from mtbert.testing import run_tiny_recipe, tiny_plugins
+
+    root = tmp_path_factory.mktemp("plugin-tasks")
+    plugins = tiny_plugins()
+    folders = [run_tiny_recipe(plugins, root / name, overrides=[f"optim.lr={lr}", "train.predict=false"])[0]
+               for name, lr in (("slow", "1e-3"), ("fast", "3e-3"))]
+    return plugins, folders
+
+
+def test_plugin_tasks_primary_metrics_are_the_default_columns(plugin_task_runs):
+    plugins, folders = plugin_task_runs
+    expected = ["tiny_sentiment_acc", "tiny_paraphrase_acc", "tiny_similarity_pearson", "mean"]
+    for registry in (plugins.registry, None):  # from the task specs, or read off the runs' metrics
+        table, records = compare(folders, registry=registry)
+        assert table.headers == ["run", "optim.lr", "n", *expected, "best epoch", "wall time", "status"]
+        for row, record in zip(table.rows, records):
+            assert row[3:7] == [f"{record.best['dev'][m]:.3f}" for m in expected]
+    result = invoke(*(str(f) for f in folders))  # the command, with only mtbert's own plugins installed
+    assert result.exit_code == 0, result.output
+    headers, _, _ = markdown_rows(result.stdout)
+    assert headers[3:7] == expected
+
+
+def test_metric_option_chooses_the_columns(plugin_task_runs, runs):
+    _, folders = plugin_task_runs
+    result = invoke(*(str(f) for f in folders), "--metric", "tiny_sentiment_macro_f1", "--metric", "mean",
+                    "--baseline", str(folders[0]))
+    assert result.exit_code == 0, result.output
+    headers, rows, _ = markdown_rows(result.stdout)
+    assert headers == ["run", "optim.lr", "n", "tiny_sentiment_macro_f1", "mean", "Δ tiny_sentiment_macro_f1", "Δ mean",
+                       "best epoch", "wall time", "status"]
+    dev = best(folders[1])["dev"]
+    assert rows[1][3:5] == [f"{dev['tiny_sentiment_macro_f1']:.3f}", f"{dev['mean']:.3f}"]
+    # a metric only some runs have: empty for the others; one no run has: one error line
+    result = invoke(str(runs["a"]), str(folders[0]), "--metric", "sst_acc", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    parsed = list(csv.reader(io.StringIO(result.stdout)))
+    column = parsed[0].index("sst_acc")
+    assert parsed[1][column] != "" and parsed[2][column] == ""
+    result = invoke(str(runs["a"]), "--metric", "sst_f1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: --metric sst_f1: no compared run has this dev metric; they have: {', '.join(best(runs['a'])['dev'])}"]

@@ -87,7 +87,7 @@ def test_tensorboard_has_the_promised_scalars(write_recipe, builtin_plugins, dat
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder, _ = tiny_run(write_recipe, builtin_plugins, data_dir, tmp_path / "run", ["train.log_every=1"])
-    events = EventAccumulator(str(folder / "tb"))
+    events = EventAccumulator(str(folder))  # the event files lie in the run folder itself
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss/sst", "train/loss/sts", "train/loss/total", "train/lr", "train/weight/sst",

@@ -13,11 +13,13 @@ import io
 import json
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
 
 from mtbert import hookimpl
+from mtbert import review_images as images
 from mtbert.metrics import confusion_matrix
 from mtbert_plugins import review_tensorboard as review
 from conftest import random_tiny_recipe
@@ -51,8 +53,9 @@ class Recorder:
         self.evaluations: list[tuple[int, dict]] = []
 
     @hookimpl
-    def mtbert_on_evaluate(self, step, predictions):
-        self.evaluations.append((step, {k: {kk: list(vv) for kk, vv in v.items()} for k, v in predictions.items()}))
+    def mtbert_on_evaluate(self, stage, epoch, step, predictions):
+        self.evaluations.append((step, {k: {kk: list(vv) for kk, vv in v.items()} for k, v in predictions.items()},
+                                 f"{stage} epoch {epoch} (step {step})"))
 
 
 def review_plugins(monkeypatch, *extra):
@@ -69,7 +72,7 @@ def review_plugins(monkeypatch, *extra):
 def accumulator(folder: Path):
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    acc = ea.EventAccumulator(str(folder / "tb"), size_guidance={
+    acc = ea.EventAccumulator(str(folder), size_guidance={
         ea.SCALARS: 0, ea.IMAGES: 0, ea.TENSORS: 0, ea.HISTOGRAMS: 0, ea.COMPRESSED_HISTOGRAMS: 0,
     })
     acc.Reload()
@@ -104,14 +107,16 @@ def reviewed_run(data_dir, tmp_path_factory):
 # --------------------------------------------------------------------------- the real run
 def test_every_promised_scalar_tag_is_in_the_run_folders_own_event_file(reviewed_run):
     folder, _, _, _ = reviewed_run
-    tb = folder / "tb"
-    assert [p for p in tb.iterdir() if p.is_dir()] == []  # everything in the run's own TB run, no sub-run
+    # the event files lie in the run folder itself (TensorBoard names the run after it), none below
+    assert list(folder.glob("events.out.tfevents.*"))
+    assert [p for p in folder.rglob("events.out.tfevents.*") if p.parent != folder] == []
     scalars = set(accumulator(folder).Tags()["scalars"])
     promised = {
         "train/loss/total", "train/lr", "train/pcgrad/conflict_rate",
         *(f"train/loss/{t}" for t in TASKS), *(f"train/weight/{t}" for t in TASKS),
         *(f"train/smart/{t}" for t in TASKS),
         "dev/sst_acc", "dev/para_acc", "dev/sts_pearson", "dev/mean",
+        "dev_by_examples/sst_acc", "dev_by_examples/para_acc", "dev_by_examples/sts_pearson", "dev_by_examples/mean",
         "hparam/sst_acc", "hparam/para_acc", "hparam/sts_pearson", "hparam/mean",
     }
     assert promised <= scalars, sorted(promised - scalars)
@@ -126,6 +131,11 @@ def test_dev_scalars_equal_metrics_jsonl(reviewed_run):
         events = acc.Scalars(f"dev/{key}")
         assert [e.step for e in events] == [r["step"] for r in records]
         assert [e.value for e in events] == pytest.approx([r["metrics"][key] for r in records], abs=1e-6)
+        by_examples = acc.Scalars(f"dev_by_examples/{key}")
+        assert [e.step for e in by_examples] == [r["examples"] for r in records]
+        assert [e.value for e in by_examples] == pytest.approx([e.value for e in events], abs=1e-9)
+    # all-tasks steps: 4 steps of 16 rows of each of the 3 tasks per epoch
+    assert [r["examples"] for r in records] == [192, 384]
     # mean is the plain average of the three main scores
     for e_mean, r in zip(acc.Scalars("dev/mean"), records):
         m = r["metrics"]
@@ -179,9 +189,16 @@ def test_hparams_are_the_recipe_values_written_into_the_run_itself(reviewed_run)
     assert hp["sampler.step"].string_value == "all-tasks"
     assert hp["tasks.sst.head.name"].string_value == "linear"
     assert hp["optim.betas"].string_value == "[0.9, 0.999]"
-    assert hp["train.predict"].string_value == "false"
     assert "model.hidden_dropout" not in hp  # unset values are left out
-    assert set(hp) == set(review.recipe_hparams(recipe.to_dict()))
+    # only what changes results: no name, threads, progress, device, logging, prediction or cache switches
+    for key in ("name", "train.threads", "train.progress", "train.device", "train.log_every", "train.predict",
+                "data.cache", "data.dir", "data.eval_batch_size"):
+        assert key not in hp
+    assert hp["gradient_transforms"].string_value == "pcgrad" and hp["regularizers"].string_value == "smart"
+    assert hp["tasks"].string_value == "para, sst, sts" and hp["stages"].string_value == "multitask"
+    assert set(hp) == set(review.result_hparams(recipe.to_dict()))
+    assert set(hp) - {"gradient_transforms", "regularizers", "stages", "tasks"} == {
+        k for k in review.recipe_hparams(recipe.to_dict()) if review.changes_results(k)}
     end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
     assert end.status == api_pb2.STATUS_SUCCESS
 
@@ -191,19 +208,21 @@ def test_confusion_images_for_classification_tasks_only_and_they_show_the_dev_pr
 
     folder, _, recorder, recipe = reviewed_run
     acc = accumulator(folder)
-    images = set(acc.Tags()["images"])
-    assert images == {"confusion/sst", "confusion/para"}  # sts is a regression task
+    tags = set(acc.Tags()["images"])
+    assert tags == {"confusion/sst", "confusion/para"}  # sts is a regression task
     assert len(recorder.evaluations) == 2
     for tag, task, classes in (("confusion/sst", "sst", 5), ("confusion/para", "para", 2)):
         events = acc.Images(tag)
-        assert [e.step for e in events] == [step for step, _ in recorder.evaluations]
-        for event, (_, predictions) in zip(events, recorder.evaluations):
+        assert [e.step for e in events] == [step for step, _, _ in recorder.evaluations]
+        names = recipe.tasks[task].spec.class_names
+        for event, (_, predictions, when) in zip(events, recorder.evaluations):
             decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
             output = predictions[task]
             matrix = confusion_matrix(output["predictions"], output["labels"], classes)
             assert int(matrix.sum()) == 48  # every dev row of the slice, in one cell
             assert decoded.shape == (event.height, event.width, 3)
-            assert np.array_equal(decoded, review.confusion_image(matrix).numpy())
+            expected = images.confusion_picture(matrix, names, f"{task} dev, {when}")
+            assert np.array_equal(decoded, expected.numpy())
 
 
 def test_text_summaries_of_recipe_and_plugins(reviewed_run):
@@ -220,7 +239,7 @@ def test_text_summaries_of_recipe_and_plugins(reviewed_run):
 # --------------------------------------------------------------------------- drawing and flattening
 def test_confusion_image_cells_are_coloured_by_row_fraction_and_carry_their_count():
     matrix = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
-    image = review.confusion_image(matrix, scale=2)
+    image = images.confusion_image(matrix, scale=2)
     classes = 3
     cell = 36  # the smallest cell; counts have one digit
     margin = cell // 2 + 4
@@ -234,7 +253,7 @@ def test_confusion_image_cells_are_coloured_by_row_fraction_and_carry_their_coun
             background = torch.tensor([255, 255, 255]) + (torch.tensor([8, 48, 107]) - 255) * fractions[i][j]
             assert torch.equal(block[1, 1], background.round().to(torch.uint8))  # a corner without ink
             ink = (block != block[1, 1]).any(dim=-1)
-            glyph = review.text_mask(str(int(matrix[i, j])), 2)
+            glyph = images.text_mask(str(int(matrix[i, j])), 2)
             assert int(ink.sum()) == int(glyph.sum())  # the count is drawn, at scale 2
             rows, cols = ink.nonzero(as_tuple=True)
             drawn = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
@@ -246,10 +265,10 @@ def test_confusion_image_cells_are_coloured_by_row_fraction_and_carry_their_coun
 
 
 def test_digit_glyphs_are_distinct_and_wide_counts_fit_their_cell():
-    masks = {d: review.text_mask(d, 1) for d in "0123456789"}
+    masks = {d: images.text_mask(d, 1) for d in "0123456789"}
     assert len({m.numpy().tobytes() for m in masks.values()}) == 10
-    assert review.text_mask("12", 3).shape == (15, 21)
-    image = review.confusion_image(torch.tensor([[40000, 1], [2, 123456]]))
+    assert images.text_mask("12", 3).shape == (15, 21)
+    image = images.confusion_image(torch.tensor([[40000, 1], [2, 123456]]))
     cell = (4 * 6 - 1) * 2 + 8
     assert image.shape[0] == cell // 2 + 4 + 2 * cell
 
@@ -293,3 +312,87 @@ def test_plugin_registers_its_event_hooks_and_a_failing_writer_only_warns(monkey
     plugins.hook.mtbert_on_evaluate(run=run, stage="multitask", epoch=1, step=4, metrics={},
                                     predictions={"para": {"ids": ["a", "b"], "predictions": [0, 1], "labels": [1, 1]}})
     assert run.warnings == ["review-tensorboard: confusion/para not written: OSError: disk full"]
+
+
+# --------------------------------------------------------------------------- what TensorBoard shows
+def tensorboard_experiment(logdir: Path):
+    """The runs and the HParams experiment TensorBoard's own backend builds for ``--logdir logdir``."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), data_provider=provider,
+                                                            multiplexer=multiplexer))
+    request = context.RequestContext()
+    experiment = backend.experiment_from_metadata(
+        request, "", True, backend.hparams_metadata(request, ""),
+        backend.hparams_from_data_provider(request, "", limit=None), None)
+    return set(multiplexer.Runs()), experiment
+
+
+def test_tensorboard_names_runs_by_folder_and_lists_the_differing_hparams_first(reviewed_run, data_dir, monkeypatch):
+    """A second run beside the fixture's (no PCGrad, GradNorm, SMART; one-task steps) in one logdir."""
+    from mtbert.engine.run import run_recipe
+    from mtbert.recipe import load_recipe
+
+    folder, _, _, _ = reviewed_run
+    plugins = review_plugins(monkeypatch)
+    plain = RECIPE.split("[loss_combiner]")[0].replace('step = "all-tasks"', 'step = "one-task"')
+    plain += "[optim]\nlr = 3e-4\nepochs = 1\nbatch_size = 16\n[train]\nprogress = false\nthreads = 1\nlog_every = 3\n"
+    path = folder.parent / "plain.toml"
+    path.write_text(plain, encoding="utf-8")
+    recipe = load_recipe(path, [f"data.dir={json.dumps(str(data_dir))}", "train.predict=false"], plugins)
+    run_recipe(recipe, plugins, out=folder.parent / "plain", say=lambda m: None, warn=lambda m: None)
+
+    runs, experiment = tensorboard_experiment(folder.parent)
+    assert runs == {"run", "plain"}  # the folders' names: no "run/tb"
+    infos = {h.name: h for h in experiment.hparam_infos}
+    for key in ("gradient_transforms", "regularizers", "loss_combiner.name", "sampler.step", "optim.epochs"):
+        assert infos[key].differs, key
+    assert {v.string_value for v in infos["gradient_transforms"].domain_discrete.values} == {"pcgrad", "none"}
+    assert not infos["optim.lr"].differs and not infos["tasks.sst.head.name"].differs
+    for key in ("name", "train.threads", "train.progress", "train.log_every", "train.predict", "data.dir",
+                "data.cache", "data.eval_batch_size", "train.device"):
+        assert key not in infos, key
+    differing = [h.differs for h in experiment.hparam_infos]
+    assert differing == sorted(differing, reverse=True)  # TensorBoard lists the differing columns first
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"hparam/mean", "hparam/sst_acc", "hparam/para_acc", "hparam/sts_pearson"} <= metrics
+
+
+def test_confusion_figure_has_axis_titles_class_names_and_counts():
+    matrix = torch.tensor([[3, 1], [0, 5]])
+    fig = images.confusion_figure(matrix, ("not paraphrase", "paraphrase"), "para dev")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
+    assert ax.get_title() == "para dev"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0 not paraphrase", "1 paraphrase"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0 not paraphrase", "1 paraphrase"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "3", "5"]
+    pixels = images.figure_pixels(fig)
+    assert pixels.dtype == torch.uint8 and pixels.shape[2] == 3 and pixels.shape[0] > 200
+    # without names the ticks are the class ids
+    ax = images.confusion_figure(torch.eye(3, dtype=torch.long)).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+
+
+def test_without_matplotlib_the_confusion_picture_is_the_built_in_heat_map(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    matrix = torch.tensor([[3, 1], [2, 4]])
+    assert torch.equal(images.confusion_picture(matrix, ("a", "b"), "t"), images.confusion_image(matrix))
+
+
+def test_class_names_must_match_the_number_of_classes():
+    from mtbert_plugins.tasks_cs224n import PARA, SST
+
+    assert SST.class_names[0] == "very negative" and len(SST.class_names) == 5
+    assert PARA.class_names == ("not paraphrase", "paraphrase")
+    with pytest.raises(ValueError, match="class_names needs one name per class"):
+        attrs.evolve(PARA, class_names=("only one",))

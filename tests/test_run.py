@@ -73,11 +73,11 @@ def test_run_folder_holds_everything_promised(tmp_path, data_dir, minilm_dir, pl
     recipe = small_recipe(plugins, data_dir)
     folder, summary = run_recipe(recipe, plugins, out=tmp_path / "run", say=quiet, warn=quiet)
     names = {p.name for p in folder.iterdir()}
-    assert {"recipe.toml", "run.json", "metrics.jsonl", "metrics.json", "tb", "checkpoints", "predictions"} <= names
+    assert {"recipe.toml", "run.json", "metrics.jsonl", "metrics.json", "checkpoints", "predictions"} <= names
     assert (folder / "checkpoints" / "best.safetensors").is_file()
     assert not (folder / "checkpoints" / "last").exists()  # a finished run drops it (train.keep_last = false)
     assert {"config.json", "vocab.txt"} <= {p.name for p in (folder / "checkpoints" / "encoder-config").iterdir()}
-    assert list((folder / "tb").glob("events.out.tfevents.*"))
+    assert list(folder.glob("events.out.tfevents.*"))  # in the folder itself: TensorBoard's run is the folder
     predictions = {p.name for p in (folder / "predictions").iterdir()}
     assert {"sst-dev-output.csv", "sst-test-output.csv", "para-dev-output.csv", "sts-dev-output.csv",
             "sts-test-output.csv"} <= predictions
@@ -135,6 +135,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, data_d
     b = load_file(str(split / "checkpoints" / "best.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((split / "run.json").read_text())["resumes"] == 1
+    # the examples-seen axis continues across the resume
+    examples = [[json.loads(line)["examples"] for line in (f / "metrics.jsonl").read_text().splitlines()]
+                for f in (whole, split)]
+    assert examples[0] == examples[1] and examples[0][0] > 0
 
 
 def test_ctrl_c_saves_state_and_resume_finishes(tmp_path, data_dir, minilm_dir, plugins_with):

@@ -31,7 +31,8 @@ class TaskSpec:
 
     ``files`` maps each split ("train", "dev", "test") to its default file name inside
     ``data.dir``. ``metric_key`` names the primary score (``sst_acc``); ``main`` says whether it
-    counts toward ``mean``. ``prediction_file`` is formatted with ``split``.
+    counts toward ``mean``. ``prediction_file`` is formatted with ``split``. ``class_names``
+    (optional, one per class id) labels the classes in reviews such as confusion images.
     """
 
     name: str
@@ -47,6 +48,7 @@ class TaskSpec:
     main: bool = True
     prediction_header: str
     prediction_file: str
+    class_names: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     #: Where this task's default files are, for a plugin that ships its own data (called lazily,
     #: like ``CheckpointSpec.folder``: ``lambda: Path(__file__).parent / "data"``). None: the
     #: recipe's ``data.dir``. ``tasks.<name>.<split>_file`` still overrides a file.
@@ -67,6 +69,8 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: a multiclass task needs num_classes >= 2")
         if self.label_kind == "regression" and self.label_range is None:
             raise ValueError(f"task {self.name}: a regression task needs label_range (low, high)")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"task {self.name}: class_names needs one name per class ({self.num_classes})")
         unknown = set(self.files) - set(SPLITS)
         if unknown:
             raise ValueError(f"task {self.name}: unknown splits in files: {sorted(unknown)}")

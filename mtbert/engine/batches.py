@@ -194,6 +194,7 @@ class TaskStream:
         self.batches: list[list[int]] = []
         self.position = 0
         self.passes = 0
+        self.last_global_size = 0
 
     def __len__(self) -> int:
         """Batches in one full pass over the data."""
@@ -212,6 +213,7 @@ class TaskStream:
         if self.position >= len(self.batches):
             self._plan_pass()
         indices, share = shard(self.batches[self.position], self.rank, self.world)
+        self.last_global_size = len(self.batches[self.position])  # every process's examples of this batch
         self.position += 1
         return self.task.collate("train", indices), share
 

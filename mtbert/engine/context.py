@@ -49,6 +49,7 @@ class RunContext:
             self.device = resolve_device(self.device, self.distributed.local_rank)
         self.resume_state = resume_state
         self.global_step = 0
+        self.examples_seen = 0  # training examples of the tasks, over all processes (dev curves' second axis)
         self.best: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         self.stop_requested = False
@@ -187,10 +188,13 @@ class RunContext:
         """Log an evaluation; save the best checkpoint when it improves. Returns whether it did."""
         record = {
             "stage": trainer.stage_name, "stage_index": trainer.stage_index, "epoch": trainer.epoch + 1,
-            "step": self.global_step, "split": "dev", "time": now(), "metrics": metrics,
+            "step": self.global_step, "examples": self.examples_seen, "split": "dev", "time": now(),
+            "metrics": metrics,
         }
         self.log.evaluation(record)
         self.log.scalars("dev", metrics, self.global_step)
+        # the same curves against examples seen: one-task and all-tasks steps differ in size
+        self.log.scalars("dev_by_examples", metrics, self.examples_seen)
         self.hook.mtbert_on_evaluate(run=self, stage=trainer.stage_name, epoch=trainer.epoch + 1,
                                      step=self.global_step, metrics=metrics, predictions=self.last_predictions)
         self.last = {"stage": trainer.stage_name, "epoch": trainer.epoch + 1, "step": self.global_step, "dev": metrics}
@@ -229,6 +233,7 @@ class RunContext:
         state = {
             "version": RUN_STATE_VERSION,
             "global_step": self.global_step,
+            "examples_seen": self.examples_seen,
             "best": self.best,
             "last": self.last,
             "trainer": trainer_state,
@@ -238,6 +243,7 @@ class RunContext:
             save_training_state(self.checkpoints / "last", self.model.state_dict(), state)
         finally:
             self.distributed.barrier()
+        self.hook.mtbert_on_state_saved(run=self, folder=self.checkpoints / "last")
 
 
 def _quiet(_message: str) -> None:

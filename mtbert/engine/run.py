@@ -150,6 +150,7 @@ def _run_recipe(
             if hasattr(regularizer, "load_state_dict"):
                 regularizer.load_state_dict(saved)
         run.global_step = int(resume_state["global_step"])
+        run.examples_seen = int(resume_state.get("examples_seen", 0))
         run.best = resume_state["best"]
         run.last = resume_state["last"]
         run.say(f"resuming {folder} at step {run.global_step}")
@@ -227,7 +228,7 @@ def _run_recipe(
             try:
                 run.log.close()
             except OSError as exc:
-                run.warn(f"warning: cannot finish the TensorBoard log in {folder / 'tb'}: {exc}")
+                run.warn(f"warning: cannot finish the TensorBoard log in {folder}: {exc}")
     return folder, summary
 
 

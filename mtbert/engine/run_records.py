@@ -2,8 +2,8 @@
 
 The folder holds (README.md, "Run folders"): ``recipe.toml`` (resolved), ``run.json``
 (versions, commit, plugins, device, seed, data file hashes, times, status), ``metrics.jsonl``
-(one line per evaluation), ``metrics.json`` (best and last), ``tb/`` (TensorBoard),
-``checkpoints/`` (``best.safetensors`` and ``last/`` for ``--resume``, plus the encoder's
+(one line per evaluation), ``metrics.json`` (best and last), TensorBoard event files (in the
+folder itself, so TensorBoard names the run after its folder), ``checkpoints/`` (``best.safetensors`` and ``last/`` for ``--resume``, plus the encoder's
 config and vocabulary so the run is self-contained) and ``predictions/``.
 """
 
@@ -61,7 +61,12 @@ def default_run_folder(name: str, root: Path = Path("runs")) -> Path:
 
 
 class RunLog:
-    """metrics.jsonl, TensorBoard scalars and console lines."""
+    """metrics.jsonl, TensorBoard scalars and console lines.
+
+    The event files go into the run folder itself: TensorBoard names a run by the folder that
+    holds its event files, relative to ``--logdir``, so ``tensorboard --logdir runs`` shows
+    ``baseline``, not ``baseline/tb`` (the other files of a run folder hold no events).
+    """
 
     def __init__(self, folder: Path, say: Callable[[str], None], purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -69,7 +74,7 @@ class RunLog:
         self.folder = folder
         self.say = say
         # On resume, events logged after the saved state (by the interrupted process) are purged.
-        self.writer = SummaryWriter(log_dir=str(folder / "tb"), purge_step=purge_step)
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for key, value in values.items():

@@ -153,8 +153,10 @@ class MultitaskTrainer:
         self.plan = [tuple(step) for step in state["plan"]] if state["plan"] is not None else None
         self.bad_evals = int(state["bad_evals"])
         self.stage_best = state["stage_best"]
+        fresh = [(group["initial_lr"], group["weight_decay"]) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_recipe_rates(fresh)
         self.sampler.load_state_dict(state["sampler"])
         self.combiner.load_state_dict(state["combiner"])
         for (_, transform), saved in zip(self.transforms, state.get("transforms", [])):
@@ -177,11 +179,29 @@ class MultitaskTrainer:
             else:  # saved by a run with another number of processes: fresh, distinct streams
                 torch.manual_seed(derive_seed(self.recipe.seed, "dropout", self.dist.rank, self.run.global_step))
 
+    def _apply_recipe_rates(self, fresh: list[tuple[float, float]]) -> None:
+        """The recipe's learning rates and weight decay over those of a loaded optimizer state.
+
+        Equal on a plain ``--resume`` (the recipe was checked to be the saved one), so nothing
+        changes; different when population-based training continues another trial's state with
+        perturbed values (:mod:`mtbert.sweep.pbt`): the schedule then goes on from the new base rates.
+        """
+        groups = self.optimizer.param_groups
+        if [(g["initial_lr"], g["weight_decay"]) for g in groups] == fresh:
+            return
+        factors = [fn(self.scheduler.last_epoch) for fn in self.scheduler.lr_lambdas]
+        for group, (base, decay), factor in zip(groups, fresh, factors):
+            group["initial_lr"], group["weight_decay"], group["lr"] = base, decay, base * factor
+        self.scheduler.base_lrs = [base for base, _ in fresh]
+        self.scheduler._last_lr = [group["lr"] for group in groups]
+
     # ----------------------------------------------------------------- one step
     def _task_loss(self, task: str) -> tuple[torch.Tensor, dict[str, float], float]:
         """This process's loss on the task's next batch, its logs and its share of the global batch."""
         run = self.run
-        batch, share = self.streams[task].next_shard()
+        stream = self.streams[task]
+        batch, share = stream.next_shard()
+        run.examples_seen += stream.last_global_size
         batch = batch.to(self.device)
         logs: dict[str, float] = {}
         with autocast(self.device, self.recipe.train.precision):

@@ -2,7 +2,7 @@
 
 A grid (``--grid KEY=V1,V2`` and the recipe's ``[sweep.grid]``; :mod:`mtbert.sweep.grid`) or an
 Optuna search over the recipe's ``[sweep.space]`` (``--optuna N``; :mod:`mtbert.sweep.search`)
-gives the variants; each is a normal run folder under ``DIR`` (default ``runs/sweep-<name>``),
+gives the variants (population-based training on Ray Tune, ``--pbt N``, is :mod:`mtbert.sweep.pbt`); each is a normal run folder under ``DIR`` (default ``runs/sweep-<name>``),
 validated before the first starts, skipped when it finished earlier and resumed when it was
 interrupted (:mod:`mtbert.sweep.variants`). The sweep ends with the compare table of all
 variants in ``DIR/compare.md`` and each variant's overrides and status in ``DIR/sweep.json``.
@@ -31,9 +31,11 @@ __all__ = [
 def run_sweep(
     recipe_path: Path, grid_texts: list[str], overrides: list[str], *, out: Path | None = None,
     trials: int | None = None, plugins: Any = None, say: Callable[[str], None] = print,
-    warn: Callable[[str], None] | None = None, seeds: str | None = None,
+    warn: Callable[[str], None] | None = None, seeds: str | None = None, storage: str | None = None,
+    pbt: int | None = None, perturb_every: int = 1,
 ) -> SweepResult:
-    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``, times ``seeds``) or an Optuna search."""
+    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``, times ``seeds``), an Optuna
+    search (``trials``, in ``storage``) or population-based training on Ray Tune (``pbt`` trials)."""
     from mtbert.plugins import get_plugins
 
     plugins = plugins or get_plugins()
@@ -42,12 +44,22 @@ def run_sweep(
     sweep_table = read_table(recipe_path, overrides).get("sweep") or {}
     out = out or Path("runs") / f"sweep-{base_recipe.name}"
 
+    if sum(x is not None for x in (trials, pbt)) + bool(grid_texts) > 1:
+        raise MtbertError("--optuna, --pbt and --grid: give one of them (a search samples the keys a grid would fix)")
+    if seeds is not None and trials is not None:
+        raise MtbertError("--optuna and --seeds: give one of them (repeat the best trial with --seeds afterwards)")
+    if seeds is not None and pbt is not None:
+        raise MtbertError("--pbt and --seeds: give one of them (repeat the best trial with --seeds afterwards)")
+    if storage is not None and trials is None:
+        raise MtbertError("--storage is the study of an Optuna search: give it with --optuna N")
+    if pbt is not None:
+        from mtbert.sweep.pbt import pbt_sweep
+
+        return pbt_sweep(recipe_path, overrides, base_recipe, sweep_table, pbt, out, plugins, say,
+                         perturb_every=perturb_every)
     if trials is not None:
-        if seeds is not None:
-            raise MtbertError("--optuna and --seeds: give one of them (repeat the best trial with --seeds afterwards)")
-        if grid_texts:
-            raise MtbertError("--optuna and --grid: give one of them (a search samples the keys a grid would fix)")
-        return optuna_sweep(recipe_path, overrides, base_recipe, sweep_table, trials, out, plugins, say, warn)
+        return optuna_sweep(recipe_path, overrides, base_recipe, sweep_table, trials, out, plugins, say, warn,
+                            storage=storage)
 
     grid = parse_grid(grid_texts)
     given = {key for key, _ in grid}

@@ -1,14 +1,24 @@
 """Search with Optuna: ``--optuna N`` samples trials over the ranges of the recipe's
 ``[sweep.space]``, stores the study beside the trials (``optuna.db``) so a rerun continues it, and
-maximises the best checkpoint's dev ``metric``."""
+maximises the best checkpoint's dev ``metric``.
+
+Several processes or machines share one study with ``--storage URL`` (any Optuna RDB URL;
+default the SQLite file above): each asks the study for its next trial (ask and tell), so no
+trial runs twice, and all stop when ``N`` trials have finished or are running between them.
+Each process seeds its TPE sampler from the recipe's ``seed`` and its process id.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mtbert.errors import MtbertError, RecipeError
+from mtbert.engine.seeding import derive_seed
+from mtbert.errors import MtbertError, RecipeError, RunInterrupted
 from mtbert.sweep.grid import toml_literal
 from mtbert.sweep.variants import SweepResult, Variant, finish, load_variant, preflight, run_variant
 
@@ -23,7 +33,7 @@ def suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
     return trial.suggest_float(key, float(low), float(high), step=step, log=log)
 
 
-def _space_corners(space: dict[str, Any]) -> list[Variant]:
+def space_corners(space: dict[str, Any]) -> list[Variant]:
     """Overrides that put every range at its ends and every choice once, for the pre-flight check."""
     variants = []
     for key, spec in space.items():
@@ -33,9 +43,36 @@ def _space_corners(space: dict[str, Any]) -> list[Variant]:
     return variants
 
 
+def open_study(optuna: Any, storage: str, name: str, seed: int) -> Any:
+    """The study ``name`` in ``storage`` (created by whichever process comes first).
+
+    Each process seeds its TPE sampler from the recipe's seed and its process id: processes
+    sharing a study must not draw the same values.
+    """
+    kwargs = {"connect_args": {"timeout": 120}} if storage.startswith("sqlite:") else {}
+    sampler = optuna.samplers.TPESampler(seed=derive_seed(seed, "optuna", os.getpid()) % 2**32)
+    for attempt in range(6):
+        try:
+            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+            return optuna.create_study(study_name=name, storage=rdb, load_if_exists=True, direction="maximize",
+                                       sampler=sampler)
+        except Exception as exc:  # noqa: BLE001 - two processes creating the tables at once: the loser retries
+            if attempt == 5 or type(exc).__name__ not in ("IntegrityError", "OperationalError"):
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _counted(study: Any, optuna: Any, below: int | None = None) -> int:
+    """Trials that finished or are running (in any process), optionally only those numbered below ``below``."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    return sum(t.state in states and (below is None or t.number < below)
+               for t in study.get_trials(deepcopy=False, states=states))
+
+
 def optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, sweep_table: dict[str, Any],
                   trials: int, out: Path, plugins: Any, say: Callable[[str], None],
-                  warn: Callable[[str], None] | None) -> SweepResult:
+                  warn: Callable[[str], None] | None, storage: str | None = None) -> SweepResult:
     try:
         import optuna
     except ImportError:
@@ -45,16 +82,17 @@ def optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, swee
         raise MtbertError(f"--optuna: {recipe_path} has no [sweep.space] table of ranges to search "
                           '(e.g. [sweep.space] "optim.lr" = { low = 1e-5, high = 1e-4, log = true })')
     metric = sweep_table.get("metric") or base_recipe.train.select
-    preflight(recipe_path, overrides, _space_corners(space), plugins, flag="sweep.space:")
+    preflight(recipe_path, overrides, space_corners(space), plugins, flag="sweep.space:")
 
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=base_recipe.name, storage=f"sqlite:///{(out / 'optuna.db').resolve()}", load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=base_recipe.seed),
-    )
+    storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    try:
+        study = open_study(optuna, storage, base_recipe.name, base_recipe.seed)
+    except Exception as exc:  # noqa: BLE001 - a bad URL or an unreachable database: one line
+        raise MtbertError(f"--storage {storage}: cannot open the Optuna study ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    remaining = max(0, trials - done)
     variants: list[Variant] = []
     say(f"sweep: Optuna search of {len(space)} values over {trials} trials ({done} done earlier) into {out}, "
         f"maximising best dev {metric}")
@@ -85,23 +123,41 @@ def optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, swee
         say(f"  best dev {metric} {variant.value:.4f}")
         return variant.value
 
-    if remaining:
-        study.optimize(objective, n_trials=remaining, catch=(Exception,))
+    # Ask and tell, so that processes sharing the study stop at `trials` between them: a trial
+    # runs only while fewer than `trials` trials numbered before it finished or are running.
+    while _counted(study, optuna) < trials:
+        trial = study.ask()
+        if _counted(study, optuna, below=trial.number) >= trials:  # another process took the last one
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            break
+        try:
+            value = objective(trial)
+        except (KeyboardInterrupt, RunInterrupted):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        except Exception:  # noqa: BLE001 - a failed trial is recorded; the search goes on
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        study.tell(trial, value)
     # every trial of the study, this invocation's and earlier ones', in trial order
     now = {v.folder: v for v in variants}
     variants = []
     for t in study.trials:
+        if t.user_attrs.get("surplus"):
+            continue
         folder = Path(t.user_attrs.get("folder", out / f"{base_recipe.name}-trial-{t.number}"))
         if folder in now:
             variants.append(now[folder])
             continue
-        status = {"COMPLETE": "skipped"}.get(t.state.name, "failed")
+        status = {"COMPLETE": "skipped", "RUNNING": "running"}.get(t.state.name, "failed")
         variants.append(Variant(label=" ".join(f"{k}={toml_literal(v)}" for k, v in t.params.items()),
                                 overrides=[], folder=folder, status=status,
-                                message="finished earlier" if status == "skipped" else f"trial {t.state.name.lower()}",
+                                message={"skipped": "finished earlier", "running": "running in another process"}.get(
+                                    status, f"trial {t.state.name.lower()}"),
                                 value=t.value))
     info = {"recipe": str(recipe_path), "overrides": overrides, "optuna": {"trials": trials, "metric": metric,
-                                                                           "space": space}}
+                                                                           "storage": storage, "space": space}}
     table = finish(out, variants, info, say)
     best = None
     completed = [v for v in variants if v.value is not None and v.status in ("finished", "skipped")]
