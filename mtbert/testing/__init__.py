@@ -50,12 +50,14 @@ from mtbert.testing.check_model import check_head, check_regularizer
 from mtbert.testing.check_training import check_gradient_transform, check_loss_combiner, check_sampler, check_stage
 from mtbert.testing.checker import state_round_trip
 from mtbert.testing.world import (
-    TESTING_PLUGIN, TINY_CHECKPOINT, TINY_HIDDEN, TINY_MAX_LENGTH, TINY_TASK_NAMES, TINY_TASKS, tiny_config,
-    tiny_data_dir, tiny_encoder, tiny_examples, tiny_tokenizer, tiny_vocab, write_tiny_data,
+    TESTING_PLUGIN, TINY_CHECKPOINT, TINY_HIDDEN, TINY_MAX_LENGTH, TINY_PARAPHRASE, TINY_SENTIMENT, TINY_SIMILARITY,
+    TINY_TASK_NAMES, TINY_TASKS, tiny_config, tiny_data_dir, tiny_encoder, tiny_examples, tiny_tokenizer, tiny_vocab,
+    write_tiny_data,
 )
 
 __all__ = [
-    "TINY_HIDDEN", "TINY_MAX_LENGTH", "TINY_TASKS", "TINY_TASK_NAMES", "TINY_CHECKPOINT", "TESTING_PLUGIN", "CHECKS",
+    "TINY_HIDDEN", "TINY_MAX_LENGTH", "TINY_TASKS", "TINY_TASK_NAMES", "TINY_SENTIMENT", "TINY_PARAPHRASE",
+    "TINY_SIMILARITY", "TINY_CHECKPOINT", "TESTING_PLUGIN", "CHECKS",
     "tiny_vocab", "tiny_tokenizer", "tiny_config", "tiny_encoder", "tiny_examples", "tiny_data_dir",
     "write_tiny_data", "tiny_plugins", "installed_plugins", "tiny_batch", "tiny_batches", "tiny_model",
     "tiny_recipe_table", "run_tiny_recipe", "state_round_trip", "one_thread", "check_component", "check_task",
