@@ -525,6 +525,11 @@ def _eval_read_only(b: Bench) -> tuple[int, str]:
     return b.cli("eval", b.run_dir)
 
 
+def _truncated_recipe_only(b: Bench) -> None:
+    text = (b.run_dir / "recipe.toml").read_text()
+    (b.run_dir / "recipe.toml").write_text(text[: text.index("[tasks") + 8])
+
+
 def _truncated_recipe(b: Bench) -> tuple[int, str]:
     text = (b.run_dir / "recipe.toml").read_text()
     (b.run_dir / "recipe.toml").write_text(text[: text.index("[tasks") + 8])
@@ -577,6 +582,12 @@ FAULTS = [
     Fault("resume while the run is still going", _resume_while_running,
           r"^error: --resume: .*/run is in use by a running mtbert \(pid \d+\)", setup=_interrupted,
           intact=_stale_lock_never_blocks),
+    Fault("mtbert resume while the run is still going", lambda b: (b.hold_lock(b.run_dir), b.cli("resume", b.run_dir))[1],
+          r"^error: --resume: .*/run is in use by a running mtbert \(pid \d+\)", setup=_interrupted, intact=_intact_last),
+    Fault("mtbert resume with a changed data file",
+          lambda b: (rewrite_rows(b.data / "sts-train.csv", lambda lines: lines[:-1]), b.cli("resume", b.run_dir))[1],
+          r"^error: --resume: data file .*sts-train\.csv \(sts train\) changed since ", setup=_interrupted,
+          intact=_intact_last),
     Fault("resume with a changed data file", _resume_changed_data,
           r"^error: --resume: data file .*ids-sst-dev\.csv \(sst dev\) changed since .* add --allow-data-change",
           setup=_interrupted, intact=_changed_data_opt_in),
@@ -652,6 +663,9 @@ FAULTS = [
           setup=_finished, intact=_intact_last),
     Fault("a truncated recipe.toml on --resume", _truncated_recipe,
           r"^error: --resume: .*/run/recipe\.toml is damaged \(", setup=_interrupted, intact=_intact_last),
+    Fault("a truncated recipe.toml on mtbert resume",
+          lambda b: (_truncated_recipe_only(b), b.cli("resume", b.run_dir))[1],
+          r"^error: resume: .*/run/recipe\.toml is damaged \(", setup=_interrupted, intact=_intact_last),
     Fault("state.json holding {} on --resume", _empty_state,
           r"^error: .*/checkpoints/last/state\.json is damaged \(", setup=_interrupted),
     Fault("a damaged run.json on --resume", _damaged_run_json,
