@@ -52,6 +52,12 @@ def guard(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("aborted", err=True)
             raise SystemExit(130)
+        except OSError as exc:  # a write no specific message covered: still one line naming the path
+            from mtbert.engine.checkpoint import describe_os_error
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{describe_os_error(exc, exc.filename)}", err=True)
+            raise SystemExit(2)
 
     return wrapper
 
@@ -88,8 +94,11 @@ recipe_argument = click.argument("recipe", metavar="RECIPE")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run folder (default runs/<name>-<time>).")
 @click.option("--name", help="Run name (default: the recipe's name).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last saved state (--out names it; see also mtbert resume).")
+@click.option("--allow-data-change", is_flag=True,
+              help="With --resume: continue although a data file changed since the run started (recorded in run.json).")
 @guard
-def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool) -> None:
+def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | None, resume: bool,
+        allow_data_change: bool) -> None:
     """Train RECIPE (a file, or a shipped recipe's name: mtbert recipes lists them) and write a run folder.
 
     The last line printed is the run folder.
@@ -101,7 +110,10 @@ def run(recipe: str, overrides: tuple[str, ...], out: Path | None, name: str | N
     overrides = list(overrides) + ([f"name={json.dumps(name)}"] if name else [])
     plugins = _plugins()
     resolved = load_recipe(resolve_recipe(recipe), overrides, plugins)
-    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn)
+    if allow_data_change and not resume:
+        raise MtbertError("--allow-data-change only applies with --resume")
+    folder, summary = run_recipe(resolved, plugins, out=out, resume=resume, say=click.echo, warn=_warn,
+                                 allow_data_change=allow_data_change)
     report_run(folder, summary)
 
 
@@ -117,8 +129,14 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
 
     from mtbert.engine.data import missing_data_files
 
+    from mtbert.engine.device import choose_device
+
     resolved = load_recipe(resolve_recipe(recipe), list(overrides), _plugins())
     missing = missing_data_files(resolved)
+    try:
+        choose_device(resolved.train.device)  # "cuda" on a machine without CUDA fails here, not in run
+    except RecipeError as exc:
+        missing = missing + exc.problems
     if missing:
         raise RecipeError(missing)
     if show:
@@ -189,6 +207,8 @@ def plugin_report(kind: str | None = None) -> dict[str, Any]:
                 entry["step_mode"] = step
             if kind_ not in ("task", "checkpoint"):
                 entry["options"] = describe(factory)
+            if getattr(factory, "default_for", None):  # input formats and heads a recipe gets unasked
+                entry["default_for"] = list(factory.default_for)
             entries.append(entry)
         kinds[kind_] = sorted(entries, key=lambda e: e["builtin"])  # stable: names stay sorted within each group
     records = sorted(plugins.record(), key=lambda p: p["distribution"] == BUILTIN_DISTRIBUTION)
@@ -218,18 +238,25 @@ def plugins(kind: str | None, as_json: bool) -> None:
             click.echo("  (none)")
         for entry in entries:
             step = f"  (step mode: {entry['step_mode']})" if "step_mode" in entry else ""
-            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]{step}  {entry['description']}")
+            default = f"  (default for {' and '.join(entry['default_for'])} tasks)" if entry.get("default_for") else ""
+            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]{step}  {entry['description']}{default}")
             for opt in entry.get("options", []):
                 default = json.dumps(opt["default"]) if opt["default"] != "(required)" else "(required)"
                 click.echo(f"      {opt['name']}: {opt['type']} = {default}  — {opt['help']}")
 
 
 def _write_eval(folder: Path, record: dict[str, Any]) -> None:
-    from mtbert.engine.checkpoint import atomic_write_json
+    from mtbert.engine.checkpoint import WriteError, atomic_write_json, describe_os_error
 
-    atomic_write_json(folder / "eval.json", record)
-    with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        atomic_write_json(folder / "eval.json", record)
+        with (folder / "evals.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except WriteError as exc:
+        raise MtbertError(f"{exc}; the metrics above were not saved in {folder}") from None
+    except OSError as exc:
+        raise MtbertError(f"cannot write {folder / 'evals.jsonl'}: {describe_os_error(exc)}; "
+                          f"the metrics above were not saved in {folder}") from None
 
 
 @cli.command(name="eval")
@@ -351,6 +378,10 @@ from mtbert import commands as _commands  # noqa: E402,F401  (registers recipes,
 
 
 def main() -> None:
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f): a write error with a message, not a silent kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cli(prog_name="mtbert")
 
 

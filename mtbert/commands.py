@@ -52,8 +52,10 @@ def recipes_copy(name: str, dest: Path | None, force: bool) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @set_option
+@click.option("--allow-data-change", is_flag=True,
+              help="Continue although a data file changed since the run started (recorded in run.json).")
 @guard
-def resume(run_dir: Path, overrides: tuple[str, ...]) -> None:
+def resume(run_dir: Path, overrides: tuple[str, ...], allow_data_change: bool) -> None:
     """Continue the interrupted run in RUN_DIR from its last saved state (its own recipe.toml).
 
     Only keys that do not change what is computed may be overridden (train.device,
@@ -62,7 +64,8 @@ def resume(run_dir: Path, overrides: tuple[str, ...]) -> None:
     from mtbert.cli import report_run
     from mtbert.engine.resume import resume_run
 
-    folder, summary = resume_run(run_dir, list(overrides), _plugins(), say=click.echo, warn=_warn)
+    folder, summary = resume_run(run_dir, list(overrides), _plugins(), say=click.echo, warn=_warn,
+                                 allow_data_change=allow_data_change)
     report_run(folder, summary)
 
 

@@ -5,7 +5,11 @@ builtins in ``plugins/`` use that same group. Loading is explicit and happens on
 :func:`get_plugins` triggers it, importing mtbert never does.
 
 Each entry point is loaded on its own, so one broken plugin is a one-line report, not a dead
-CLI. Environment variables control loading:
+CLI: an import that raises, or even calls ``sys.exit()``, is caught (everything but
+KeyboardInterrupt) and reported naming the plugin. mtbert's builtin plugins load and register
+first, so their component names are theirs: a third-party plugin registering a builtin name
+(head ``linear``...) is the one reported, naming its distribution, and recipes keep the builtin.
+Environment variables control loading:
 
 ``MTBERT_PLUGINS``
     Comma-separated entry-point names to load (all others are skipped). ``builtin`` stands
@@ -13,7 +17,8 @@ CLI. Environment variables control loading:
 ``MTBERT_DISABLE_PLUGINS``
     Comma-separated entry-point names never to load.
 ``MTBERT_STRICT_PLUGINS=1``
-    A plugin that fails to load or registers a duplicate name stops mtbert.
+    A plugin that fails to load or registers a duplicate name stops mtbert, and so does a name
+    in ``MTBERT_PLUGINS`` / ``MTBERT_DISABLE_PLUGINS`` that no installed plugin has (a typo).
 ``MTBERT_TRACE_HOOKS=1``
     Print every hook call to stderr.
 """
@@ -107,6 +112,16 @@ class Registry:
             return found
         raise RecipeError(self.unknown_message(kind, name, where=where, context=context))
 
+    def defaults(self, kind: str, input_kind: str) -> list[Component]:
+        """The components of ``kind`` that declare themselves the default for tasks of ``input_kind``.
+
+        A recipe that names no input format or head for a task gets the one component whose
+        options class lists the task's input kind (``"single"``, ``"pair"``) in its ``default_for``
+        class attribute (see CONTRIBUTING.md); the recipe validator reports none or several.
+        """
+        return [c for name, c in sorted(self.components[kind].items())
+                if input_kind in tuple(getattr(c.factory, "default_for", ()) or ())]
+
     def unknown_message(self, kind: str, name: str, *, where: str = "", context: str = "") -> str:
         installed = ", ".join(self.names(kind)) or "none"
         label = KIND_LABELS[kind]
@@ -157,6 +172,30 @@ def _wanted(ep: md.EntryPoint, selected: list[str] | None, disabled: list[str]) 
     return "builtin" in selected and dist == BUILTIN_DISTRIBUTION
 
 
+def _load_order(ep: md.EntryPoint) -> tuple[int, str]:
+    """mtbert's builtins first (their names are theirs), then the others by entry-point name."""
+    dist = ep.dist.name if ep.dist is not None else ""
+    return (0 if dist == BUILTIN_DISTRIBUTION else 1, ep.name)
+
+
+def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while loading"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _check_names(found: list[md.EntryPoint], selected: list[str] | None, disabled: list[str],
+                 failures: list[str], warn: Callable[[str], None] | None) -> None:
+    """A name in MTBERT_PLUGINS / MTBERT_DISABLE_PLUGINS that no plugin has is a typo: say so."""
+    names = sorted({ep.name for ep in found})
+    for variable, listed in (("MTBERT_PLUGINS", selected or []), ("MTBERT_DISABLE_PLUGINS", disabled)):
+        for name in listed:
+            if name in names or (variable == "MTBERT_PLUGINS" and name == "builtin"):
+                continue
+            _fail(failures, f"{variable}: no installed plugin is named '{name}'{did_you_mean(name, names)} "
+                            f"(installed: see mtbert plugins)")
+
+
 def _hook_names(plugin: Any) -> list[str]:
     return sorted(
         name for name in dir(plugin) if name.startswith("mtbert_") and callable(getattr(plugin, name, None))
@@ -197,7 +236,9 @@ def load_plugins(
         selected = _env_list("MTBERT_PLUGINS")
         disabled = _env_list("MTBERT_DISABLE_PLUGINS") or []
         seen: set[str] = set()
-        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        found = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=_load_order)
+        _check_names(found, selected, disabled, failures, warn)
+        for ep in found:
             if ep.name in seen or not _wanted(ep, selected, disabled):
                 continue
             seen.add(ep.name)
@@ -213,8 +254,10 @@ def load_plugins(
         infos.append(info)
         try:
             plugin = load()
-        except Exception as exc:  # a broken plugin is a report, not a crash
-            info.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) is a report, not a crash
+            info.error = _describe_failure(exc)
             _fail(failures, f"plugin {name} {version} ({dist}) failed to load: {info.error}")
             continue
         info.module = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__name__
@@ -257,8 +300,10 @@ def load_plugins(
                 sys.stderr.write(f"{hook_name} [plugin {info.name}]\n")
             try:
                 impl.function(register=register)
-            except Exception as exc:
-                message = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                message = str(exc) if isinstance(exc, PluginError) else _describe_failure(exc)
                 info.error = message.splitlines()[0]
                 _fail(failures, f"plugin {info.name} {info.version} ({info.distribution}): {info.error}")
             info.components.extend(f"{kind}:{n}" for n in added)

@@ -14,6 +14,7 @@ Supported annotations: ``int``, ``float`` (ints accepted), ``bool``, ``str``, ``
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -30,10 +31,14 @@ def option(
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
+    max_exclusive: bool = False,
     factory: Any = None,
 ) -> Any:
-    """Declare a recipe option: an attrs field with a help text and optional numeric bounds."""
-    metadata = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
+    """Declare a recipe option: an attrs field with a help text and optional numeric bounds.
+
+    Floats are always finite: ``nan`` and ``inf`` (valid TOML) are refused for every float option.
+    """
+    metadata = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "max_exclusive": max_exclusive}
     if factory is not None:
         return attrs.field(factory=factory, metadata=metadata, kw_only=True)
     if default is _MISSING:
@@ -153,6 +158,9 @@ def convert(value: Any, tp: Any, path: str, problems: Problems) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.add(path, f"{_show(value)} is not a number")
             return None
+        if not math.isfinite(value):  # TOML spells them nan and inf; no option means them
+            problems.add(path, f"{value!r} is not a finite number")
+            return None
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -174,8 +182,11 @@ def _check_bounds(field: attrs.Attribute, value: Any, path: str, problems: Probl
             problems.add(path, f"{value!r} must be greater than {low}")
         elif value < low:
             problems.add(path, f"{value!r} must be at least {low}")
-    if high is not None and value > high:
-        problems.add(path, f"{value!r} must be at most {high}")
+    if high is not None:
+        if value > high:
+            problems.add(path, f"{value!r} must be at most {high}")
+        elif field.metadata.get("max_exclusive") and value == high:
+            problems.add(path, f"{value!r} must be less than {high}")
 
 
 def fields_of(cls: type) -> dict[str, attrs.Attribute]:
@@ -255,6 +266,8 @@ def describe(cls: type) -> list[dict[str, Any]]:
         for bound in ("min", "max"):
             if field.metadata.get(bound) is not None:
                 entry[bound] = field.metadata[bound]
+                if field.metadata.get(f"{bound}_exclusive"):
+                    entry[f"{bound}_exclusive"] = True  # the bound itself is refused
         out.append(entry)
     return out
 

@@ -73,8 +73,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mtbert import hookimpl
-from mtbert.schema import did_you_mean, option
+from mtbert.api import did_you_mean, hookimpl, option
 
 Norm = Literal["linf", "l2"]
 #: Defaults, as fractions of each token's embedding norm (see the module docstring).

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from mtbert import hookimpl
+from mtbert.api import confusion_matrix, hookimpl
 
 CLASSIFICATION_KINDS = ("binary", "multiclass")
 
@@ -197,8 +197,6 @@ def mtbert_on_run_start(run: Any) -> None:
 @hookimpl
 def mtbert_on_evaluate(run: Any, stage: str, epoch: int, step: int, metrics: dict[str, float],
                        predictions: dict[str, dict[str, list]]) -> None:
-    from mtbert.metrics import confusion_matrix
-
     writer = _writer(run)
     if writer is None:
         return

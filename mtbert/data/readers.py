@@ -10,6 +10,12 @@ and the first lines at fault; under ``strict`` the same line becomes a :class:`D
 Line numbers are physical, 1-based lines of the file (the header is line 1), so a user can open
 the file at that line; a record that spans several lines (a quoted field with a line break) is
 named by the line it starts on.
+
+Two faults used to pass silently. An unclosed quote swallows the rest of the file into one
+field: a record spanning more than :data:`MAX_RECORD_LINES` lines is reported as an unclosed
+quote, and the rows it swallowed are counted as lost. Rows sharing an id would appear several
+times in the submission files: each file's duplicate ids are counted in one warning (an error
+under ``strict``). A byte that is not UTF-8 is reported at its real line.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ LABEL_KINDS: tuple[str, ...] = ("multiclass", "binary", "regression")
 #: How many offending lines a skip warning or strict error names before "and N more".
 SHOWN_LINES = 3
 
+#: A quoted field may hold line breaks, but a record running over more lines than this is an
+#: unclosed quote that swallowed the rows after it (no CS224N sentence spans even two lines).
+MAX_RECORD_LINES = 20
+
 
 @attrs.frozen
 class Example:
@@ -43,10 +53,14 @@ class Example:
 
 @attrs.frozen
 class SkippedRow:
-    """A row that could not be used, with the physical line it starts on and why."""
+    """A row that could not be used, with the physical line it starts on and why.
+
+    ``lost`` counts the further rows it swallowed (an unclosed quote); they count as skipped.
+    """
 
     line: int
     reason: str
+    lost: int = 0
 
 
 @attrs.frozen
@@ -65,6 +79,29 @@ class ReadResult:
             return None
         return f"warning: {self.path}: skipped {_skipped_summary(self.skipped, self.total_rows)}"
 
+    @property
+    def duplicates(self) -> list[tuple[str, int, int]]:
+        """``(id, first line, repeated line)`` for every row whose id an earlier row already had."""
+        first: dict[str, int] = {}
+        repeats = []
+        for example in self.examples:
+            if example.id in first:
+                repeats.append((example.id, first[example.id], example.line))
+            else:
+                first[example.id] = example.line
+        return repeats
+
+    @property
+    def duplicate_warning(self) -> str | None:
+        """One line counting the rows whose id repeats an earlier row's, or None."""
+        repeats = self.duplicates
+        if not repeats:
+            return None
+        shown = "; ".join(f"id {rid!r} on lines {a} and {b}" for rid, a, b in repeats[:SHOWN_LINES])
+        if len(repeats) > SHOWN_LINES:
+            shown += f"; and {len(repeats) - SHOWN_LINES} more"
+        return f"{self.path}: {len(repeats)} of {len(self.examples)} rows repeat an earlier row's id ({shown})"
+
 
 def print_warning(message: str) -> None:
     """The default `warn`: one line on stderr, where warnings belong."""
@@ -75,7 +112,18 @@ def _skipped_summary(skipped: Sequence[SkippedRow], total_rows: int) -> str:
     shown = "; ".join(f"line {row.line}: {row.reason}" for row in skipped[:SHOWN_LINES])
     if len(skipped) > SHOWN_LINES:
         shown += f"; and {len(skipped) - SHOWN_LINES} more"
-    return f"{len(skipped)} of {total_rows} rows ({shown})"
+    count = len(skipped) + sum(row.lost for row in skipped)
+    return f"{count} of {total_rows} rows ({shown})"
+
+
+def _bad_byte_line(path: Path) -> tuple[int, int]:
+    """The 1-based line and the byte offset of the first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return raw.count(b"\n", 0, error.start) + 1, error.start
+    return 0, 0
 
 
 def read_examples(
@@ -128,6 +176,13 @@ def read_examples(
                 if not row:  # a blank line holds no data: there is nothing to skip or report
                     continue
                 total_rows += 1
+                if end - start + 1 > MAX_RECORD_LINES:
+                    # An unclosed quote: the record swallowed every line up to the next quote.
+                    lost = end - start
+                    total_rows += lost
+                    skipped.append(SkippedRow(start, f"a quote opened on this line is not closed: the field runs "
+                                                     f"to line {end} and swallowed {lost} rows", lost=lost))
+                    continue
                 example, reason = _parse_row(row, start, end, len(header), columns, label_kind if labelled else None,
                                              num_classes, label_range)
                 if reason is not None:
@@ -137,7 +192,9 @@ def read_examples(
                 if limit is not None and len(examples) >= limit:
                     break
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not valid UTF-8 after line {end} ({error.reason})") from None
+        line, offset = _bad_byte_line(path)
+        raise DataError(f"{path}: not valid UTF-8 at line {line} (byte offset {offset}: {error.reason}); "
+                        "save the file as UTF-8") from None
     except csv.Error as error:
         raise DataError(f"{path}: unreadable CSV after line {end} ({error})") from None
     except OSError as error:
@@ -149,6 +206,11 @@ def read_examples(
             raise DataError(f"{path}: {_skipped_summary(skipped, total_rows)} cannot be used; "
                             "set data.strict = false to skip them")
         warn(result.warning)
+    duplicates = result.duplicate_warning
+    if duplicates:
+        if strict:
+            raise DataError(f"{duplicates}; give every row its own id, or set data.strict = false to keep them")
+        warn(f"warning: {duplicates}; their predictions will repeat in the submission files")
     return result
 
 

@@ -94,7 +94,8 @@ def missing_data_files(recipe: Any) -> list[str]:
             if path is None or path.is_file() or (key == "data.dir" and (split == "test" or (folder_missing and not own))):
                 continue
             where = f"data.dir ({name} {split})" if key == "data.dir" else f"{key} ({name} {split})"
-            problems.append(f"data file for {where} not found: {path}")
+            what = "is a directory, not a file" if path.is_dir() else "not found"
+            problems.append(f"data file for {where} {what}: {path}")
     uses_folder = any(not getattr(t.section, f"{split}_file") and getattr(t.spec, "data_folder", None) is None
                       for t in recipe.tasks.values() for split in ("train", "dev"))
     if folder_missing and uses_folder:
@@ -127,7 +128,8 @@ def load_split(
     (:mod:`mtbert.engine.cache`, ``data.cache``).
     """
     if not path.is_file():
-        raise DataError(f"data file for {key} ({task.name} {split}) not found: {path}")
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise DataError(f"data file for {key} ({task.name} {split}) {what}: {path}")
     result = task.spec.read(path, split, strict=strict, warn=warn, key=key)
     if not result.examples:
         raise DataError(f"{path}: no usable rows for task {task.name} ({split})")
@@ -215,6 +217,10 @@ class TaskStream:
             start += size
         self.position = int(state["position"])
         self.passes = int(state["passes"])
+        if any(i >= len(self.encoded) for batch in self.batches for i in batch):
+            # The file has fewer rows than when the state was saved (a resume with
+            # --allow-data-change): the saved plan cannot be served; plan a new pass.
+            self.batches, self.position = [], 0
 
 
 def eval_batches(encoded: EncodedExamples, batch_size: int) -> list[list[int]]:

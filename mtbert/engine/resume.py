@@ -25,7 +25,7 @@ def run_status(folder: Path) -> str | None:
 
 def resume_run(
     folder: str | Path, overrides: list[str], plugins: Plugins, *, say: Callable[[str], None] = print,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, allow_data_change: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue the run in ``folder``; returns the folder and the metrics summary, as ``run_recipe``."""
     import tomllib
@@ -49,7 +49,12 @@ def resume_run(
     overrides = list(overrides)
     recorded = _recorded_data_dir(folder)
     if recorded and not os.environ.get(DATA_DIR_ENV) and not any(o.strip().startswith("data.dir") for o in overrides):
-        if "dir" not in tomllib.loads(recipe_path.read_text(encoding="utf-8")).get("data", {}):
+        try:
+            saved = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise CheckpointError(f"resume: {recipe_path} is damaged ({str(exc).splitlines()[0]}); restore the file "
+                                  "or start a new run") from None
+        if "dir" not in saved.get("data", {}):
             overrides.insert(0, f"data.dir={json.dumps(recorded)}")
     recipe = load_recipe(recipe_path, overrides, plugins)
-    return run_recipe(recipe, plugins, out=folder, resume=True, say=say, warn=warn)
+    return run_recipe(recipe, plugins, out=folder, resume=True, say=say, warn=warn, allow_data_change=allow_data_change)

@@ -21,10 +21,8 @@ import hashlib
 import json
 import platform
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,9 +37,13 @@ from mtbert.engine.data import TaskData, load_split, resolve_file
 from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, NoHooks, check_batch_sizes, from_environment, resolve_device
 from mtbert.engine.evaluate import evaluate
+from mtbert.engine.health import ModelHealth
+from mtbert.engine.hookguard import GuardedHooks
 from mtbert.engine.model import MultitaskModel
+from mtbert.engine.runfolder import RunLock, check_data_unchanged, clean_stale_temps, folder_holds_files, trim_evaluations
 from mtbert.engine.seeding import derive_seed
-from mtbert.errors import CheckpointError, MtbertError, RecipeError
+from mtbert.engine.signals import StopOnSignal
+from mtbert.errors import CheckpointError, MtbertError, PluginError, RecipeError
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
 
@@ -88,12 +90,13 @@ def default_run_folder(name: str, root: Path = Path("runs")) -> Path:
 class RunLog:
     """metrics.jsonl, TensorBoard scalars and console lines."""
 
-    def __init__(self, folder: Path, say: Callable[[str], None]):
+    def __init__(self, folder: Path, say: Callable[[str], None], purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.folder = folder
         self.say = say
-        self.writer = SummaryWriter(log_dir=str(folder / "tb"))
+        # On resume, events logged after the saved state (by the interrupted process) are purged.
+        self.writer = SummaryWriter(log_dir=str(folder / "tb"), purge_step=purge_step)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -133,6 +136,7 @@ class RunContext:
         self.last: dict[str, Any] | None = None
         self.stop_requested = False
         self.stop_reason = ""
+        self.failure: str | None = None  # a plugin hook that raised: the run stops, saves and fails
         self.stage_index = 0
         self.log: RunLog | None = None
         self.model: MultitaskModel | None = None
@@ -145,8 +149,12 @@ class RunContext:
 
     @property
     def hook(self) -> Any:
-        """The plugins' event hooks; rank 0 alone calls them under data parallelism."""
-        return self.plugins.hook if self.distributed.is_main else NoHooks()
+        """The plugins' event hooks (rank 0 alone calls them under data parallelism).
+
+        A hook that raises does not end the run at once: :class:`GuardedHooks` records the
+        plugin and hook and asks the loop to stop, so the state is saved before the run fails.
+        """
+        return GuardedHooks(self) if self.distributed.is_main else NoHooks()
 
     @property
     def checkpoints(self) -> Path:
@@ -159,7 +167,10 @@ class RunContext:
 
     def interrupt_message(self) -> str:
         return (f"{self.stop_reason}: stopped at step {self.global_step}; state saved in {self.checkpoints / 'last'}; "
-                f"continue with: mtbert resume {self.folder}")
+                f"continue with: {self.resume_command()}")
+
+    def resume_command(self) -> str:
+        return f"mtbert resume {self.folder}"
 
     # ----------------------------------------------------------------- set-up
     def build(self) -> None:
@@ -188,6 +199,7 @@ class RunContext:
             self.model.encoder.compile()
         if self.distributed.is_main:
             self.save_encoder_files()
+        self.health = ModelHealth(self.model)
 
     def load_data(self, tokenizer: Any, splits: tuple[str, ...]) -> None:
         recipe = self.recipe
@@ -249,6 +261,9 @@ class RunContext:
         eval_seconds = time.perf_counter() - start
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == "mean" or k.endswith(("_acc", "_pearson")))
         self.say(f"[{stage} epoch {epoch + 1}] dev {shown}  (train {train_seconds:.0f}s, eval {eval_seconds:.0f}s)")
+        collapse = self.health.check(self.model, self.last_predictions, {n: t.spec for n, t in self.tasks.items()})
+        if collapse:
+            self.warn(f"warning: MODEL COLLAPSE at step {self.global_step} ({stage} epoch {epoch + 1}): {collapse}")
         return metrics
 
     def record_evaluation(self, trainer: Any, metrics: dict[str, float]) -> bool:
@@ -312,6 +327,10 @@ def _quiet(_message: str) -> None:
     pass
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def weights_sha1(model: torch.nn.Module) -> str:
     """A hash of a model's parameters and buffers (names, dtypes, shapes and bytes)."""
     digest = hashlib.sha1()
@@ -324,7 +343,7 @@ def weights_sha1(model: torch.nn.Module) -> str:
 
 def build_model(recipe: Recipe, encoder: Any, tasks: dict[str, TaskData]) -> MultitaskModel:
     heads = {
-        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.name)
+        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.options)
         for name, task_recipe in recipe.tasks.items()
     }
     formats = {name: task_recipe.input.options for name, task_recipe in recipe.tasks.items()}
@@ -367,39 +386,6 @@ def _run_json(run: RunContext, status: str, started: str, extra: dict[str, Any])
     return info
 
 
-class _StopOnSignal:
-    """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
-
-    def __init__(self, run: RunContext):
-        self.run = run
-        self.previous = None
-        self.first = 0.0
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self.handle)
-        return self
-
-    def handle(self, signum, frame):
-        if self.run.stop_requested:
-            # Under torchrun a Ctrl-C reaches a worker twice (from the terminal and forwarded by
-            # torchrun's agent): only a second Ctrl-C that comes later aborts.
-            if self.run.distributed.enabled and time.monotonic() - self.first < 3.0:
-                return
-            raise KeyboardInterrupt
-        self.first = time.monotonic()
-        self.run.request_stop("interrupted (Ctrl-C)")
-        if self.run.distributed.is_main:
-            print("\ninterrupt: finishing this step and saving state (Ctrl-C again to abort without saving)",
-                  file=sys.stderr)
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
-
-
 def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     """Refuse to resume with a recipe that trains differently from the saved one.
 
@@ -414,7 +400,12 @@ def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     from mtbert.recipe import validate
 
     try:
-        old = validate(tomllib.loads(saved.read_text(encoding="utf-8")), plugins, source=str(saved)).to_dict()
+        table = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"--resume: {saved} is damaged ({str(exc).splitlines()[0]}); the run cannot be "
+                              f"checked against it: restore the file or start a new run") from None
+    try:
+        old = validate(table, plugins, source=str(saved)).to_dict()
     except RecipeError as exc:
         raise RecipeError(f"--resume: the saved recipe {saved} no longer validates: {exc.problems[0]}") from None
     new = recipe.to_dict()
@@ -431,6 +422,19 @@ def _check_resume(folder: Path, recipe: Recipe, plugins: Plugins) -> None:
     changed = diff(old, new, "")
     if changed:
         raise RecipeError(f"--resume: the recipe differs from the one {folder} was started with at {', '.join(changed[:5])}")
+
+
+def data_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
+    """The data files a run of ``recipe`` reads and their SHA-1, keyed as run.json's ``data``."""
+    data_dir = recipe.data_dir()
+    out: dict[str, dict[str, str]] = {}
+    for name, task_recipe in recipe.tasks.items():
+        for split in ("train", "dev", "test"):
+            path, _ = resolve_file(data_dir, name, task_recipe.section, task_recipe.spec, split)
+            if path is not None and path.is_file():
+                out.setdefault(name, {})[split] = str(path.resolve())
+                out[name][f"{split}_sha1"] = sha1_file(path)
+    return out
 
 
 def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:
@@ -465,45 +469,74 @@ def _check_data_parallel_stages(recipe: Recipe, world: int) -> None:
 
 def run_recipe(
     recipe: Recipe, plugins: Plugins, *, out: Path | None = None, resume: bool = False,
-    say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None,
+    say: Callable[[str], None] = print, warn: Callable[[str], None] | None = None, allow_data_change: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train a recipe; returns the run folder and the metrics summary.
+
+    The run folder is locked for the run's life (:class:`mtbert.engine.runfolder.RunLock`): a
+    second run or resume into it is refused naming this process. A resume refuses data files
+    whose SHA-1 changed since the run started unless ``allow_data_change``.
 
     Started by torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), this process joins
     the job and trains its share of every batch; it leaves the job at the end.
     """
     job, _ = from_environment(choose_device(recipe.train.device))
+    locks: list[RunLock] = []
     try:
-        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn)
+        return _run_recipe(recipe, plugins, job, out=out, resume=resume, say=say, warn=warn,
+                           allow_data_change=allow_data_change, locks=locks)
     finally:
+        for lock in locks:
+            lock.release()
         job.close()
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a run folder, or one line saying why it cannot be (a file in the way, read-only...)."""
+    from mtbert.engine.checkpoint import describe_os_error
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"--out: cannot create the run folder {folder}: {describe_os_error(exc, folder)}") from None
 
 
 def _run_recipe(
     recipe: Recipe, plugins: Plugins, job: Distributed, *, out: Path | None, resume: bool,
-    say: Callable[[str], None], warn: Callable[[str], None] | None,
+    say: Callable[[str], None], warn: Callable[[str], None] | None, allow_data_change: bool, locks: list[RunLock],
 ) -> tuple[Path, dict[str, Any]]:
     main = job.is_main
     check_batch_sizes(recipe, job.world_size)
     _check_data_parallel_stages(recipe, job.world_size)
+
+    changes: list[dict[str, str]] = []
 
     def choose_folder() -> Path:  # rank 0 decides; every process gets its answer (or its error)
         if resume:
             folder = out or find_resumable(recipe.name)
             if folder is None:
                 raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
+            if not folder.is_dir():
+                raise CheckpointError(f"--resume: {folder} is not a run folder (it is not a folder)")
+            locks.append(RunLock(folder).acquire("--resume"))
             _check_resume(folder, recipe, plugins)
+            # Before any work, and on rank 0 inside on_main so every process gets the refusal.
+            changes.extend(check_data_unchanged(folder, data_hashes(recipe), allow=allow_data_change, warn=warn or _stderr))
         else:
             folder = out or default_run_folder(recipe.name)
-            if folder.exists() and any(folder.iterdir()):
+            if folder_holds_files(folder):  # before locking: the lock file itself would make it non-empty
                 raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
-        folder.mkdir(parents=True, exist_ok=True)
+            _make_folder(folder)
+            locks.append(RunLock(folder).acquire("--out"))
+            if folder_holds_files(folder):  # another process filled it between the check and the lock
+                raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
+        clean_stale_temps(folder, say)
         return folder
 
     folder = job.on_main(choose_folder)
     resume_state = None
     if resume:
-        loaded = load_training_state(folder / "checkpoints" / "last")
+        loaded = load_training_state(folder / "checkpoints" / "last", required=("global_step", "best", "last", "trainer"))
         if loaded is None:
             raise CheckpointError(f"--resume: {folder} holds no saved training state (checkpoints/last)")
         model_state, resume_state = loaded
@@ -515,9 +548,15 @@ def _run_recipe(
         try:
             previous_info = json.loads((folder / "run.json").read_text())
         except ValueError:
+            run.warn(f"warning: --resume: {folder / 'run.json'} is damaged; its times and resume count start again")
+        if not isinstance(previous_info, dict):
             previous_info = {}
     started = previous_info.get("started", _now())
     run.build()
+    data_changes: list[dict[str, str]] = []
+    if resume and main:
+        data_changes = list(previous_info.get("data_changes", [])) + [
+            {**change, "time": _now(), "resume": int(previous_info.get("resumes", 0)) + 1} for change in changes]
     if resume_state is not None:
         run.model.load_state_dict(resume_state["model"])
         for (_, regularizer), saved in zip(run.regularizers, resume_state.get("regularizers", [])):
@@ -533,9 +572,18 @@ def _run_recipe(
         job.broadcast_module_(run.model)  # identical weights everywhere from the start, as DDP does
         torch.manual_seed(derive_seed(recipe.seed, "dropout", job.rank))  # distinct dropout per process
     resumes = int(previous_info.get("resumes", -1)) + 1 if resume else 0
+    extra_info: dict[str, Any] = {"resumes": resumes}
+    if data_changes:
+        extra_info["data_changes"] = data_changes  # resumed with --allow-data-change on other data
+    purge_step = None
+    if main and resume_state is not None:
+        trimmed = trim_evaluations(folder, run.global_step, int(resume_state["trainer"].get("stage_index", 0)))
+        if trimmed:
+            run.say(f"dropped {trimmed} evaluation(s) logged after the saved state from metrics.jsonl")
+        purge_step = run.global_step + 1
     if main:
-        atomic_write_json(folder / "run.json", _run_json(run, "running", started, {"resumes": resumes}))
-        run.log = RunLog(folder, say)
+        atomic_write_json(folder / "run.json", _run_json(run, "running", started, extra_info))
+        run.log = RunLog(folder, say, purge_step=purge_step)
         if resume_state is None:
             run.log.text("recipe", "```toml\n" + recipe.to_toml() + "\n```")
             run.log.text("plugins", "\n".join(f"- {p['name']} {p['version']} ({p['distribution']}): {', '.join(p['components'])}"
@@ -543,13 +591,15 @@ def _run_recipe(
     t0 = time.perf_counter()
     status = "failed"
     try:
-        with _StopOnSignal(run):
+        with StopOnSignal(run):
             run.hook.mtbert_on_run_start(run=run)
             for index, stage in enumerate(recipe.stages):
                 run.stage_index = index
-                if resume_state is not None and index < resume_state["trainer"]["stage_index"]:
+                saved = resume_state["trainer"] if resume_state is not None else None
+                if saved is not None and index < saved["stage_index"]:
                     continue
-                stage.options.run(run, index, stage.name)
+                own = saved if saved is not None and saved["stage_index"] == index else None  # its own resume state
+                stage.options.run(run, index, stage.name, own)
         status = "finished"
         if job.world_size > 1:
             hashes = job.gather_object(weights_sha1(run.model))
@@ -557,6 +607,9 @@ def _run_recipe(
             if len(set(hashes)) != 1:
                 run.warn("the processes ended with different weights (see distributed.weights_sha1 in run.json); "
                          "this is a bug in a component's data-parallel support")
+        if run.failure is not None:  # a hook failed in the last epoch: its state is saved, the run is not done
+            status = "failed"
+            raise PluginError(f"{run.failure}")
         if main and recipe.train.predict and run.best is not None:
             write_predictions(run)
         if main and not recipe.train.keep_last:
@@ -565,6 +618,9 @@ def _run_recipe(
         from mtbert.engine.trainer import RunInterrupted
 
         status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+        if isinstance(exc, RunInterrupted) and run.failure is not None:
+            status = "failed"
+            raise PluginError(f"{run.failure}; state saved in {run.checkpoints / 'last'} at step {run.global_step}") from None
         raise
     except KeyboardInterrupt:
         status = "interrupted"
@@ -574,15 +630,30 @@ def _run_recipe(
         previous_seconds = float(previous_info.get("train_seconds", 0.0)) if resume else 0.0
         summary = {"best": run.best, "last": run.last}
         if main:
-            run.write_summary()
-            atomic_write_json(folder / "run.json", _run_json(run, status, started, {
-                "finished": _now(), "train_seconds": previous_seconds + elapsed, "resumes": resumes,
+            _finish_files(run, folder, status, _run_json(run, status, started, {
+                **extra_info, "finished": _now(), "train_seconds": previous_seconds + elapsed,
             }))
         if run.log is not None:
             if status == "finished":
                 run.hook.mtbert_on_run_end(run=run, summary=summary)
-            run.log.close()
+            try:
+                run.log.close()
+            except OSError as exc:
+                run.warn(f"warning: cannot finish the TensorBoard log in {folder / 'tb'}: {exc}")
     return folder, summary
+
+
+def _finish_files(run: RunContext, folder: Path, status: str, info: dict[str, Any]) -> None:
+    """metrics.json and run.json at the end; a full disk here must not hide the run's own error."""
+    from mtbert.engine.checkpoint import WriteError
+
+    try:
+        run.write_summary()
+        atomic_write_json(folder / "run.json", info)
+    except WriteError as exc:
+        run.warn(f"warning: cannot record the run's end ({status}): {exc}")
+        if status == "finished":
+            raise
 
 
 def drop_last_state(run: RunContext) -> None:

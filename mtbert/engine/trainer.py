@@ -395,6 +395,21 @@ class MultitaskTrainer:
             self.grads.rebind()
         return logs
 
+    def _diverged(self, step_logs: dict[str, float], tasks: tuple[str, ...], total: float) -> str:
+        """Which component first produced the non-finite loss: a task's head, a regularizer, the combiner."""
+        for task in tasks:
+            value = step_logs.get(f"loss/{task}")
+            if value is not None and not math.isfinite(value):
+                head = self.recipe.tasks[task].head.name if task in self.recipe.tasks else "?"
+                return f"the loss of task {task} (head '{head}') became {value}"
+        for spec, _ in self.run.regularizers:
+            for task in tasks:
+                value = step_logs.get(f"{spec.name}/{task}")
+                if value is not None and not math.isfinite(value):
+                    return f"regularizer '{spec.name}' made task {task}'s penalty {value}"
+        name = getattr(self.recipe.loss_combiner, "name", "?")
+        return f"loss combiner '{name}' made the total loss {total} from finite task losses (tasks {', '.join(tasks)})"
+
     # ----------------------------------------------------------------- logging
     def _accumulate_logs(self, logs: dict[str, float]) -> None:
         for key, value in logs.items():
@@ -449,8 +464,8 @@ class MultitaskTrainer:
                 total = float(combined.total.detach())
                 if not math.isfinite(total):
                     raise MtbertError(
-                        f"training diverged: the loss became {total} at step {run.global_step + 1} "
-                        f"(tasks {', '.join(tasks)}); lower optim.lr or add a clip-norm gradient transform"
+                        f"training diverged: {self._diverged(step_logs, tasks, total)} at step {run.global_step + 1}; "
+                        f"lower optim.lr or add a clip-norm gradient transform"
                     )
                 step_logs["loss/total"] = total
                 for task, weight in combined.weights.items():
