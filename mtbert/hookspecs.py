@@ -116,8 +116,8 @@ def mtbert_register_stages(register: Register) -> None:
 def mtbert_register_optimizer_groups(register: Register) -> None:
     """Register optimizer parameter-group rules (``llrd``: layer-wise learning-rate decay).
 
-    Factory contract (:class:`mtbert.engine.components.OptimizerGroups`): ``build()`` returns an
-    object whose ``apply(model, groups)`` receives the engine's AdamW parameter groups (dicts
+    Contract: :class:`mtbert.api.OptimizerGroups`; ``build()`` returns a
+    :class:`mtbert.api.OptimizerGroupsState` whose ``apply(model, groups)`` receives the engine's AdamW parameter groups (dicts
     with ``params``, ``lr``, ``weight_decay`` and ``name``: ``encoder``, ``encoder-no-decay``,
     ``heads``, ``heads-no-decay``, ``combiner``) and returns the groups to use: split, with
     other learning rates or weight decay, but holding every parameter exactly once. The
@@ -130,8 +130,8 @@ def mtbert_register_optimizer_groups(register: Register) -> None:
 def mtbert_register_weight_averages(register: Register) -> None:
     """Register weight averages evaluated in place of the trained weights (``ema``).
 
-    Factory contract (:class:`mtbert.engine.components.WeightAverage`): ``build(model)``
-    returns an object with ``update(model)`` (after every optimizer step), ``weights()`` (the
+    Contract: :class:`mtbert.api.WeightAverage`; ``build(model)`` returns a
+    :class:`mtbert.api.WeightAverageState` with ``update(model)`` (after every optimizer step), ``weights()`` (the
     averaged value of each parameter it averages, by ``model.named_parameters()`` name),
     ``state_dict()``/``load_state_dict()``. At every evaluation the engine puts the averaged
     weights into the model, evaluates, keeps them as the best checkpoint when they are the best,
