@@ -49,8 +49,7 @@ from typing import Any
 
 import torch
 
-from mtbert import hookimpl
-from mtbert.recipe.keys import flatten_recipe
+from mtbert.api import confusion_matrix, flatten_recipe, hookimpl
 
 CLASSIFICATION_KINDS = ("binary", "multiclass")
 
@@ -134,7 +133,7 @@ def confusion_image(matrix: torch.Tensor, scale: int = 2) -> torch.Tensor:
 
 
 def recipe_hparams(table: Any) -> dict[str, Any]:
-    """Recipe values by dotted key (:func:`mtbert.recipe.flatten_recipe`), converted to what the
+    """Recipe values by dotted key (:func:`mtbert.api.flatten_recipe`), converted to what the
     HParams dashboard accepts: lists become their JSON text, booleans ``"true"``/``"false"``,
     and ``None`` is left out."""
     out: dict[str, Any] = {}
@@ -190,8 +189,6 @@ def mtbert_on_run_start(run: Any) -> None:
 @hookimpl
 def mtbert_on_evaluate(run: Any, stage: str, epoch: int, step: int, metrics: dict[str, float],
                        predictions: dict[str, dict[str, list]]) -> None:
-    from mtbert.metrics import confusion_matrix
-
     writer = _writer(run)
     if writer is None:
         return

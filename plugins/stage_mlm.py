@@ -47,12 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.engine.batches import pack_batches, plan_batches, unpack_batches
-from mtbert.engine.optim import adamw, build_scheduler, decay_groups
-from mtbert.errors import CheckpointError, MtbertError, RunInterrupted
-from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
-from mtbert.schema import option
+from mtbert.api import (
+    IGNORE_INDEX, BertTokenizer, CheckpointError, MaskedLMHead, MtbertError, Progress, RunInterrupted, adamw, autocast,
+    build_scheduler, decay_groups, derive_seed, hookimpl, mask_tokens, option, pack_batches, pad_batch, plan_batches,
+    tokenize_unique, unpack_batches,
+)
 
 # --------------------------------------------------------------------------- data
 def training_texts(run: Any, tasks: list[str], split: str = "train") -> list[str]:
@@ -81,9 +80,6 @@ class MaskedLMTrainer:
     """One ``mlm`` stage: trains ``run.model.encoder`` with a temporary MLM head."""
 
     def __init__(self, options: "MaskedLM", run: Any, index: int, label: str):
-        from mtbert.engine.seeding import derive_seed
-        from mtbert.model.tokenizer import BertTokenizer
-
         self.options = options
         self.run = run
         self.stage_index = index
@@ -203,8 +199,6 @@ class MaskedLMTrainer:
 
     # ----------------------------------------------------------------- one batch
     def _batch(self, sequences: list[list[int]], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        from mtbert.model.tokenizer import pad_batch
-
         inputs = pad_batch(sequences, pad_id=self.tokenizer.pad_id)
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
         special = torch.isin(ids, self.special_ids) | (attention == 0)
@@ -217,7 +211,6 @@ class MaskedLMTrainer:
 
     def _loss(self, inputs: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor):
         """Summed cross-entropy over the masked positions, their correct predictions and count."""
-        from mtbert.engine.device import autocast
 
         selected = labels != IGNORE_INDEX
         with autocast(self.device, self.run.recipe.train.precision):
@@ -262,8 +255,6 @@ class MaskedLMTrainer:
         raise RunInterrupted(self.run.interrupt_message())
 
     def train(self) -> dict[str, float]:
-        from mtbert.engine.progress import Progress
-
         run, options, recipe = self.run, self.options, self.run.recipe
         self.encoder.train()
         self.head.train()
@@ -375,16 +366,15 @@ class MaskedLM:
             raise ValueError(f"mask_replace + random_replace must be at most 1, got "
                              f"{self.mask_replace} + {self.random_replace}")
 
-    def run(self, run: Any, index: int, name: str) -> dict[str, float]:
+    def run(self, run: Any, index: int, name: str, resume: dict[str, Any] | None) -> dict[str, float]:
         recipe = run.recipe
         label = name if len(recipe.stages) == 1 else f"{name}[{index}]"
-        state = run.resume_state["trainer"] if run.resume_state is not None else None
-        if state is not None and state["stage_index"] == index and state.get("done"):
+        if resume is not None and resume.get("done"):
             run.say(f"{label}: finished before the interruption; the encoder's weights were restored")
-            return dict(state.get("summary") or {})
+            return dict(resume.get("summary") or {})
         trainer = MaskedLMTrainer(self, run, index, label)
-        if state is not None and state["stage_index"] == index:
-            trainer.load_state_dict(state)
+        if resume is not None:
+            trainer.load_state_dict(resume)
         return trainer.train()
 
 

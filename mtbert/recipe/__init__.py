@@ -27,7 +27,7 @@ from mtbert.recipe.reading import (
 from mtbert.recipe.resolve import resolve_component
 from mtbert.recipe.resolved import ComponentSpec, Recipe, TaskRecipe
 from mtbert.recipe.sections import (
-    DATA_DIR_ENV, TOP_LEVEL, DataSection, ModelSection, OptimSection, TaskSection, TrainSection, default_input_format,
+    DATA_DIR_ENV, TOP_LEVEL, DataSection, ModelSection, OptimSection, TaskSection, TrainSection,
 )
 from mtbert.recipe.sweep_table import check_sweep_table
 from mtbert.recipe.validate import load_recipe, validate
@@ -35,7 +35,7 @@ from mtbert.recipe.validate import load_recipe, validate
 __all__ = [
     "DATA_DIR_ENV", "NEUTRAL_KEYS", "TOP_LEVEL", "ComponentSpec", "DataSection", "ModelSection", "OptimSection",
     "Recipe", "TaskRecipe", "TaskSection", "TrainSection", "apply_override", "apply_overrides", "changed_keys",
-    "check_sweep_table", "default_input_format", "flatten_recipe", "key_label", "load_recipe", "locate",
+    "check_sweep_table", "flatten_recipe", "key_label", "load_recipe", "locate",
     "merge_tables", "override_key", "parse_override", "read_with_includes", "resolve_component", "split_key",
     "validate", "with_includes",
 ]

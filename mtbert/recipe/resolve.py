@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from mtbert.plugins import Plugins
+from mtbert.plugins import KIND_LABELS, Plugins
 from mtbert.recipe.resolved import ComponentSpec
 from mtbert.schema import Problems, structure
 
@@ -55,6 +55,28 @@ def resolve_component(
     if built is None:
         return None
     return ComponentSpec(kind=kind, name=name, options=built, component=component)
+
+
+def task_component(kind: str, value: Any, input_kind: str, path: str, task_name: str, plugins: Plugins,
+                   problems: Problems) -> ComponentSpec | None:
+    """A task's input format or head; when the recipe names none, the one registered as the
+    default for the task's input kind (``default_for`` on the options class)."""
+    default = None
+    if not isinstance(value, str) and not (isinstance(value, dict) and "name" in value):
+        found = plugins.registry.defaults(kind, input_kind)
+        label = KIND_LABELS[kind]
+        if not found:
+            problems.add(path, f"no installed {label} is the default for {input_kind} tasks; name one for task "
+                               f"{task_name} (installed: {', '.join(plugins.registry.names(kind)) or 'none'})")
+            return None
+        if len(found) > 1:
+            claims = ", ".join(f"'{c.name}' from {c.provider}" for c in found)
+            problems.add(path, f"several {label}s declare themselves the default for {input_kind} tasks ({claims}); "
+                               f"name one for task {task_name}")
+            return None
+        default = found[0].name
+        value = default if value is None else value
+    return resolve_component(kind, value, path, plugins, problems, context=f"for task {task_name}", default=default)
 
 
 def component_list(kind: str, value: Any, path: str, plugins: Plugins, problems: Problems) -> list[ComponentSpec]:

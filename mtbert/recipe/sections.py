@@ -42,7 +42,7 @@ class DataSection:
 @attrs.define
 class TaskSection:
     input: Any = option(None, help="input format (single, separate-pair, ...; default by the task's input kind)")
-    head: Any = option("linear", help="task head: a name or { name = ..., options }")
+    head: Any = option(None, help="task head: a name or { name = ..., options } (default by the task's input kind: linear)")
     train_file: str | None = option(None, help="training file (default: the task's file in data.dir)")
     dev_file: str | None = option(None, help="dev file (default: the task's file in data.dir)")
     test_file: str | None = option(None, help="test file (default: the task's file in data.dir)")
@@ -89,8 +89,3 @@ TOP_LEVEL = {
     "loss_combiner", "gradient_transforms", "regularizers", "stages", "optim", "train",
     "sweep",  # ranges and grids for ``mtbert sweep`` (mtbert.sweep); checked here, ignored by a run
 }
-
-
-def default_input_format(spec: Any) -> str:
-    """The input format a task uses when its recipe names none: by the task's input kind."""
-    return "single" if spec.input_kind == "single" else "separate-pair"

@@ -15,10 +15,10 @@ from typing import Any
 from mtbert.errors import RecipeError
 from mtbert.plugins import Plugins, check_requirements
 from mtbert.recipe.reading import apply_overrides, locate, moved_recipe, override_key, read_with_includes
-from mtbert.recipe.resolve import accepts_pad_to, component_list, resolve_component
+from mtbert.recipe.resolve import accepts_pad_to, component_list, resolve_component, task_component
 from mtbert.recipe.resolved import ComponentSpec, Recipe, TaskRecipe
 from mtbert.recipe.sections import (
-    TOP_LEVEL, DataSection, ModelSection, OptimSection, TaskSection, TrainSection, default_input_format,
+    TOP_LEVEL, DataSection, ModelSection, OptimSection, TaskSection, TrainSection,
 )
 from mtbert.recipe.sweep_table import check_sweep_table
 from mtbert.schema import Problems, did_you_mean, structure
@@ -86,20 +86,17 @@ def read_task(task_name: str, raw: Any, plugins: Plugins, problems: Problems) ->
         problems.add(path, f"{raw!r} is not a table")
         return None
     raw = dict(raw)
-    head_raw, input_raw = raw.pop("head", "linear"), raw.pop("input", None)
+    head_raw, input_raw = raw.pop("head", None), raw.pop("input", None)
     task_section = structure(TaskSection, raw, path, problems)
     spec = component.factory
-    if input_raw is None:
-        input_raw = default_input_format(spec)
-    context = f"for task {task_name}"
-    input_spec = resolve_component("input_format", input_raw, f"{path}.input", plugins, problems, context=context)
-    head_spec = resolve_component("head", head_raw, f"{path}.head", plugins, problems, context=context, default="linear")
+    input_spec = task_component("input_format", input_raw, spec.input_kind, f"{path}.input", task_name, plugins, problems)
+    head_spec = task_component("head", head_raw, spec.input_kind, f"{path}.head", task_name, plugins, problems)
     if input_spec is not None:
         reason = input_spec.options.check(spec)
         if reason:
             problems.add(f"{path}.input", f"'{input_spec.name}' cannot serve task {task_name}: {reason}")
     if head_spec is not None and hasattr(head_spec.options, "check"):
-        reason = head_spec.options.check(spec, input_spec.name if input_spec else None)
+        reason = head_spec.options.check(spec, input_spec.options if input_spec else None)
         if reason:
             problems.add(f"{path}.head", f"'{head_spec.name}' cannot serve task {task_name}: {reason}")
     if task_section is None or input_spec is None or head_spec is None:

@@ -15,7 +15,6 @@ from torch import nn
 
 from mtbert.engine.batches import label_dtype
 from mtbert.engine.components import Batch
-from mtbert.recipe import default_input_format
 from mtbert.testing.world import (
     TESTING_PLUGIN, TINY_CHECKPOINT, TINY_HIDDEN, TINY_MAX_LENGTH, TINY_TASK_NAMES, TINY_TASKS, tiny_data_dir,
     tiny_encoder, tiny_examples, tiny_tokenizer,
@@ -105,16 +104,26 @@ def one_thread() -> Iterator[None]:
 # --------------------------------------------------------------------------- batches and models
 
 
+def default_name(plugins: Any, kind: str, spec: Any) -> str:
+    """The registered default input format or head for the task's input kind, as recipes choose it."""
+    found = plugins.registry.defaults(kind, spec.input_kind)
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} {kind.replace('_', ' ')}s declare themselves the default for "
+                          f"{spec.input_kind} tasks: {[c.name for c in found]}")
+    return found[0].name
+
+
 def tiny_batch(task: str = "tiny_sentiment", *, size: int = 4, split: str = "train", start: int = 0,
                input_format: Any = None, plugins: Any = None, max_length: int = TINY_MAX_LENGTH) -> Batch:
     """A real batch of a tiny task: examples tokenized and collated by an input format.
 
-    ``input_format`` is an input-format options object or a registered name (default: ``single``
-    for single sentences, ``separate-pair`` for pairs, as recipes default).
+    ``input_format`` is an input-format options object or a registered name (default: the one
+    registered as the default for the task's input kind, as recipes choose).
     """
     spec = TINY_TASKS[task]
     if input_format is None or isinstance(input_format, str):
-        input_format = registered_options(plugins or default_plugins(), "input_format", input_format or default_input_format(spec))
+        plugins = plugins or default_plugins()
+        input_format = registered_options(plugins, "input_format", input_format or default_name(plugins, "input_format", spec))
     examples = tiny_examples(task, split)
     encoded = input_format.encode_examples(tiny_tokenizer(), examples, max_length)
     indices = [i % len(examples) for i in range(start, start + size)]
@@ -125,8 +134,8 @@ def tiny_model(*, heads: dict[str, Any] | None = None, input_formats: dict[str, 
                plugins: Any = None, seed: int = 0, tasks: Sequence[str] = TINY_TASK_NAMES) -> Any:
     """A :class:`~mtbert.engine.multitask_model.MultitaskModel`: the tiny encoder and one head per tiny task.
 
-    ``heads`` maps a task to a head options object or registered name (default ``linear``);
-    ``input_formats`` maps a task to an input-format name (default by the task's input kind).
+    ``heads`` maps a task to a head options object or registered name; ``input_formats`` maps a
+    task to an input-format name (both default by the task's input kind, as recipes choose).
     Same seed, same weights.
     """
     from mtbert.engine.multitask_model import MultitaskModel
@@ -141,11 +150,11 @@ def tiny_model(*, heads: dict[str, Any] | None = None, input_formats: dict[str, 
         torch.manual_seed(seed + 1)
         for name in tasks:
             spec = TINY_TASKS[name]
-            format_name = formats.get(name, default_input_format(spec))
+            format_name = formats.get(name) or default_name(plugins, "input_format", spec)
             format_options[name] = registered_options(plugins, "input_format", format_name)
-            head = heads.get(name, "linear")
+            head = heads.get(name) or default_name(plugins, "head", spec)
             head = registered_options(plugins, "head", head) if isinstance(head, str) else head
-            modules[name] = head.build(TINY_HIDDEN, spec, format_name)
+            modules[name] = head.build(TINY_HIDDEN, spec, format_options[name])
     return MultitaskModel(encoder, modules, format_options)
 
 

@@ -111,6 +111,9 @@ def check_input_format(options: Any, *, name: str | None = None, plugins: Any = 
     options = options_instance(check, options)
     for method in ("check", "encode_examples", "collate", "sequences", "encode"):
         check.require(callable(getattr(options, method, None)), f"has no {method}() method (see InputFormat)")
+    declared = getattr(options, "num_sequences", None)
+    check.require(isinstance(declared, int) and declared >= 1,
+                  f"num_sequences must be a positive int (how many feature sets encode() gives), not {declared!r}")
     check.require(isinstance(options, InputFormat), "does not follow the InputFormat protocol")
     accepted = []
     for spec in TINY_TASKS.values():
@@ -119,6 +122,9 @@ def check_input_format(options: Any, *, name: str | None = None, plugins: Any = 
         if reason is None:
             accepted.append(spec)
     check.require(accepted, "check() refuses every tiny task (single sentences and pairs)")
+    for kind in getattr(options, "default_for", ()) or ():
+        check.require(any(spec.input_kind == kind for spec in accepted),
+                      f"default_for names {kind!r}, but check() refuses every tiny {kind} task")
     tokenizer = tiny_tokenizer()
     encoder = tiny_encoder()
     for spec in accepted:
@@ -189,6 +195,9 @@ def check_input_format(options: Any, *, name: str | None = None, plugins: Any = 
                 check.require(features.num_sequences == slots and len(features.masks) == slots and len(features.pooled) == slots,
                               f"encode() gives {features.num_sequences} hidden, {len(features.masks)} masks and "
                               f"{len(features.pooled)} pooled for {slots} sequences")
+                check.require(features.num_sequences == declared,
+                              f"encode() gives {features.num_sequences} feature sets, but num_sequences says {declared} "
+                              f"(heads size their input by it)")
                 for k, seq in enumerate(sequences):
                     b, t = seq["input_ids"].shape
                     check.require(tuple(features.hidden[k].shape) == (b, t, TINY_HIDDEN),

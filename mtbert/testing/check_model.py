@@ -37,7 +37,7 @@ def check_head(options: Any, *, name: str | None = None, plugins: Any = None) ->
                 continue  # an input format without defaults: not checked here
             if fmt.check(spec) is not None:
                 continue
-            reason = check.call("check()", options.check, spec, format_name) if hasattr(options, "check") else None
+            reason = check.call("check()", options.check, spec, fmt) if hasattr(options, "check") else None
             if reason is not None:
                 refused.append(f"{spec.name}/{format_name}: {reason}")
                 continue
@@ -46,7 +46,7 @@ def check_head(options: Any, *, name: str | None = None, plugins: Any = None) ->
     for spec, format_name, fmt in combos:
         where = f"(task {spec.name}, {spec.label_kind}, input {format_name})"
         torch.manual_seed(0)
-        module = check.call("build()", options.build, TINY_HIDDEN, spec, format_name)
+        module = check.call("build()", options.build, TINY_HIDDEN, spec, fmt)
         check.require(isinstance(module, nn.Module), f"build() must return an nn.Module, not {type(module).__name__}")
         for method in ("loss", "predict"):
             check.require(callable(getattr(module, method, None)), f"the module has no {method}() method")
@@ -86,7 +86,7 @@ def check_head(options: Any, *, name: str | None = None, plugins: Any = None) ->
                           f"predict() must give integer classes 0..{top} {where}: {labels.tolist()}")
         state = state_round_trip(module.state_dict())
         torch.manual_seed(1)
-        fresh = options.build(TINY_HIDDEN, spec, format_name)
+        fresh = options.build(TINY_HIDDEN, spec, fmt)
         check.call("load_state_dict() of a fresh head", fresh.load_state_dict, state)
         twin = MultitaskModel(model.encoder, {spec.name: fresh}, {spec.name: fmt}).eval()
         with torch.no_grad():

@@ -102,7 +102,7 @@ def check_sampler(options: Any, *, name: str | None = None, plugins: Any = None,
 
 # --------------------------------------------------------------------------- loss combiners
 def _check_combined(check: Checker, combined: Any, tasks: Sequence[str], where: str) -> None:
-    check.require(isinstance(combined, Combined), f"combine() must return mtbert.engine.components.Combined {where}")
+    check.require(isinstance(combined, Combined), f"combine() must return mtbert.api.Combined {where}")
     check.require(set(combined.weighted) == set(tasks), f"Combined.weighted has tasks {sorted(combined.weighted)}, the step had {sorted(tasks)} {where}")
     check.require(set(combined.weights) == set(tasks), f"Combined.weights has tasks {sorted(combined.weights)}, the step had {sorted(tasks)} {where}")
     for task in tasks:
@@ -276,9 +276,9 @@ class _StageProbe:
     result: Any = attrs.field(default=None, init=False)
     changed: bool = attrs.field(default=False, init=False)
 
-    def run(self, run: Any, index: int, name: str) -> Any:
+    def run(self, run: Any, index: int, name: str, resume: dict[str, Any] | None) -> Any:
         before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-        self.result = self.options.run(run, index, name)
+        self.result = self.options.run(run, index, name, resume)
         after = dict(run.model.named_parameters())
         self.changed = any(not torch.equal(before[n], after[n].detach()) for n in before)
         return self.result
@@ -292,7 +292,7 @@ def check_stage(options: Any, *, name: str | None = None, plugins: Any = None, o
 
     check = Checker("stage", component_label("stage", options, name))
     options = options_instance(check, options)
-    check.require(callable(getattr(options, "run", None)), "has no run(run, index, name) method")
+    check.require(callable(getattr(options, "run", None)), "has no run(run, index, name, resume) method")
     plugins = plugins or default_plugins()
     probe = _StageProbe(options)
     component = Component(kind="stage", name=name or "stage-under-test", factory=type(options), plugin="(under test)",

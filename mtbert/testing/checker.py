@@ -115,7 +115,7 @@ def _check_options_class(check: Checker, options: Any) -> None:
     for field in attrs.fields(cls):
         if field.init and not field.name.startswith("_"):
             check.require(field.metadata.get("help"),
-                          f"option {field.name!r} has no help text: declare it with mtbert.schema.option(default, help=...)")
+                          f"option {field.name!r} has no help text: declare it with mtbert.api.option(default, help=...)")
     table = unstructure(options)
     try:
         tomli_w.dumps({"component": table})
