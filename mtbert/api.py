@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from mtbert import hookimpl
 from mtbert.data.tasks import TaskSpec
+from mtbert.engine.batches import pack_batches, plan_batches, unpack_batches
 from mtbert.engine.components import (
     Batch,
     ChecksTasks,
@@ -56,6 +57,7 @@ from mtbert.engine.heads import (
     pool,
     pooled_input,
 )
+from mtbert.engine.optim import adamw, build_scheduler, decay_groups, lr_lambda
 from mtbert.engine.progress import Progress
 from mtbert.engine.sampling import (
     ORDER_HELP,

@@ -120,6 +120,15 @@ def one_thread() -> Iterator[None]:
 # --------------------------------------------------------------------------- batches and models
 
 
+def default_name(plugins: Any, kind: str, spec: Any) -> str:
+    """The registered default input format or head for the task's input kind, as recipes choose it."""
+    found = plugins.registry.defaults(kind, spec.input_kind)
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} {kind.replace('_', ' ')}s declare themselves the default for "
+                          f"{spec.input_kind} tasks: {[c.name for c in found]}")
+    return found[0].name
+
+
 def tiny_batch(task: str = "tiny_sentiment", *, size: int = 4, split: str = "train", start: int = 0,
                input_format: Any = None, plugins: Any = None, max_length: int = TINY_MAX_LENGTH) -> Batch:
     """A real batch of a tiny task: examples tokenized and collated by an input format.
