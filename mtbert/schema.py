@@ -32,13 +32,15 @@ def option(
     max: float | None = None,
     min_exclusive: bool = False,
     max_exclusive: bool = False,
+    finite: bool = True,
     factory: Any = None,
 ) -> Any:
     """Declare a recipe option: an attrs field with a help text and optional numeric bounds.
 
-    Floats are always finite: ``nan`` and ``inf`` (valid TOML) are refused for every float option.
+    Floats must be finite (``nan`` and ``inf`` are valid TOML) unless ``finite=False``.
     """
-    metadata = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "max_exclusive": max_exclusive}
+    metadata = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "max_exclusive": max_exclusive,
+                "finite": finite}
     if factory is not None:
         return attrs.field(factory=factory, metadata=metadata, kw_only=True)
     if default is _MISSING:
@@ -158,9 +160,6 @@ def convert(value: Any, tp: Any, path: str, problems: Problems) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.add(path, f"{_show(value)} is not a number")
             return None
-        if not math.isfinite(value):  # TOML spells them nan and inf; no option means them
-            problems.add(path, f"{value!r} is not a finite number")
-            return None
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -175,6 +174,10 @@ def convert(value: Any, tp: Any, path: str, problems: Problems) -> Any:
 
 def _check_bounds(field: attrs.Attribute, value: Any, path: str, problems: Problems) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):  # TOML spells them nan and inf
+        if field.metadata.get("finite", True):
+            problems.add(path, f"{value!r} is not a finite number")
         return
     low, high = field.metadata.get("min"), field.metadata.get("max")
     if low is not None:

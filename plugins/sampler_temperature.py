@@ -125,8 +125,10 @@ class Temperature:
 
     step_modes = ('one-task',)  # the step values this sampler accepts
 
-    temperature: float = option(1.0, help="T (at the first epoch when annealed): 1 = proportional to batches, inf = uniform", min=0, min_exclusive=True)
-    temperature_end: float | None = option(None, help="T at the stage's last epoch (default: T stays constant)", min=0, min_exclusive=True)
+    temperature: float = option(1.0, help="T (at the first epoch when annealed): 1 = proportional to batches, inf = uniform", min=0, min_exclusive=True,
+                                finite=False)
+    temperature_end: float | None = option(None, help="T at the stage's last epoch (default: T stays constant)", min=0,
+                                           min_exclusive=True, finite=False)
     anneal: Anneal = option("exponent", help="what changes linearly over the epochs: the exponent 1/T (Stickland & Murray 2019) or T itself")
     exact: bool = option(False, help="use exactly round(N p_t) batches of each task per epoch, shuffled, instead of independent draws")
     step: StepMode = option("one-task", help="must be one-task: the sampler draws one task per step")
