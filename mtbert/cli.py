@@ -189,6 +189,8 @@ def plugin_report(kind: str | None = None) -> dict[str, Any]:
                 entry["step_mode"] = step
             if kind_ not in ("task", "checkpoint"):
                 entry["options"] = describe(factory)
+            if getattr(factory, "default_for", None):  # input formats and heads a recipe gets unasked
+                entry["default_for"] = list(factory.default_for)
             entries.append(entry)
         kinds[kind_] = sorted(entries, key=lambda e: e["builtin"])  # stable: names stay sorted within each group
     records = sorted(plugins.record(), key=lambda p: p["distribution"] == BUILTIN_DISTRIBUTION)
@@ -217,7 +219,8 @@ def plugins(kind: str | None, as_json: bool) -> None:
             click.echo("  (none)")
         for entry in entries:
             step = f"  (step mode: {entry['step_mode']})" if "step_mode" in entry else ""
-            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]{step}  {entry['description']}")
+            default = f"  (default for {' and '.join(entry['default_for'])} tasks)" if entry.get("default_for") else ""
+            click.echo(f"  {entry['name']}  [{entry['distribution']} {entry['version']}]{step}  {entry['description']}{default}")
             for opt in entry.get("options", []):
                 default = json.dumps(opt["default"]) if opt["default"] != "(required)" else "(required)"
                 click.echo(f"      {opt['name']}: {opt['type']} = {default}  — {opt['help']}")

@@ -5,9 +5,10 @@ Two families:
 * **registration hooks** (``mtbert_register_<kind>``) are called once, when plugins load.
   Each receives a ``register(name, factory)`` callback. ``factory`` is an attrs class whose
   fields are the component's recipe options (type-annotated, with defaults and a docstring);
-  the engine instantiates it from the recipe and calls the methods its kind's contract names
-  (see CONTRIBUTING.md). Tasks and checkpoints register plain description objects instead.
-  The callback records which plugin supplied each component; a name registered twice is an
+  the engine instantiates it from the recipe and calls the methods its kind's contract names:
+  the Protocols in :mod:`mtbert.engine.components`, exported by :mod:`mtbert.api` (this file
+  names them and does not restate them). Tasks and checkpoints register plain description
+  objects instead. The callback records which plugin supplied each component; a name registered twice is an
   error naming both providers.
 * **event hooks** (``mtbert_on_<event>``) are called while a run goes on, so a plugin can log
   or react without owning the loop. Their return values are ignored.
@@ -31,7 +32,7 @@ Register = Callable[[str, Any], None]
 def mtbert_register_tasks(register: Register) -> None:
     """Register tasks: ``register("sst", TaskSpec(...))``.
 
-    A :class:`mtbert.data.tasks.TaskSpec` says where a task's files are, how to read them,
+    A :class:`mtbert.api.TaskSpec` says where a task's files are, how to read them,
     its input kind (single sentence or pair), label type and range, metric and prediction
     file format. A recipe trains a task by naming it under ``[tasks.<name>]``.
     """
@@ -41,7 +42,7 @@ def mtbert_register_tasks(register: Register) -> None:
 def mtbert_register_checkpoints(register: Register) -> None:
     """Register named backbones: ``register("minilm-l6", CheckpointSpec(...))``.
 
-    A :class:`mtbert.model.backbone.CheckpointSpec` resolves a name used in
+    A :class:`mtbert.api.CheckpointSpec` resolves a name used in
     ``model.checkpoint`` to an HF-format folder (or builds a random model).
     """
 
@@ -50,10 +51,8 @@ def mtbert_register_checkpoints(register: Register) -> None:
 def mtbert_register_input_formats(register: Register) -> None:
     """Register input formats: how a task's examples become encoder inputs.
 
-    Factory contract (:class:`mtbert.engine.components.InputFormat`): ``encode_examples``
-    tokenizes examples once; ``collate`` pads a batch; ``encode`` runs the encoder and returns
-    :class:`mtbert.engine.components.Features` for the head. Builtins: ``single``,
-    ``separate-pair``.
+    Contract: :class:`mtbert.api.InputFormat`. Builtins: ``single`` and ``separate-pair`` (the
+    defaults for single-sentence and pair tasks), ``concat-pair``.
     """
 
 
@@ -61,10 +60,9 @@ def mtbert_register_input_formats(register: Register) -> None:
 def mtbert_register_heads(register: Register) -> None:
     """Register task heads: ``register("linear", LinearHead)``.
 
-    Factory contract (:class:`mtbert.engine.components.Head`): ``build(hidden_size, task)``
-    returns an ``nn.Module`` whose ``forward(features)`` gives predictions, with ``loss``
-    and ``predict`` methods. Head parameters are task-specific: gradient transforms never
-    touch them.
+    Contract: :class:`mtbert.api.Head`; ``build(hidden_size, task, input_format)`` returns a
+    :class:`mtbert.api.HeadModule`. Head parameters are task-specific: gradient transforms
+    never touch them.
     """
 
 
@@ -72,10 +70,8 @@ def mtbert_register_heads(register: Register) -> None:
 def mtbert_register_samplers(register: Register) -> None:
     """Register task samplers: which task or tasks give the next batch.
 
-    Factory contract (:class:`mtbert.engine.components.Sampler`): ``build(task_sizes, seed)``
-    returns an object with ``step_mode`` ("one-task" or "all-tasks"), ``steps_per_epoch``,
-    ``epoch(index)`` yielding a tuple of task names per optimizer step, and
-    ``state_dict``/``load_state_dict`` for its seeded generator.
+    Contract: :class:`mtbert.api.Sampler`; ``build(batches, seed, epochs)`` returns a
+    :class:`mtbert.api.SamplerState`.
     """
 
 
@@ -83,9 +79,9 @@ def mtbert_register_samplers(register: Register) -> None:
 def mtbert_register_loss_combiners(register: Register) -> None:
     """Register loss combiners: per-task losses to the total that is backpropagated.
 
-    Factory contract (:class:`mtbert.engine.components.LossCombiner`):
-    ``build(task_names, shared_parameters)`` returns an object whose ``combine(losses)``
-    gives ``(per_task_weighted_losses, weights)``; the engine backpropagates their sum.
+    Contract: :class:`mtbert.api.LossCombiner`; ``build(task_names, model)`` returns a
+    :class:`mtbert.api.LossCombinerState`, whose ``combine(losses)`` gives a
+    :class:`mtbert.api.Combined`.
     """
 
 
@@ -93,9 +89,8 @@ def mtbert_register_loss_combiners(register: Register) -> None:
 def mtbert_register_gradient_transforms(register: Register) -> None:
     """Register gradient transforms applied between backward and the optimizer step.
 
-    Factory contract (:class:`mtbert.engine.components.GradientTransform`): ``needs`` says
-    whether it takes per-task gradients of the shared parameters (a ``[tasks, params]``
-    tensor) or their sum (a flat vector); ``apply`` returns the gradients to use.
+    Contract: :class:`mtbert.api.GradientTransform`; ``build(shared_parameters)`` returns a
+    :class:`mtbert.api.GradientTransformState`.
     """
 
 
@@ -103,9 +98,8 @@ def mtbert_register_gradient_transforms(register: Register) -> None:
 def mtbert_register_regularizers(register: Register) -> None:
     """Register regularizers: extra loss terms, or one-time changes to modules.
 
-    Factory contract (:class:`mtbert.engine.components.Regularizer`): ``setup(model)`` runs
-    once before training (mixout wraps layers there); ``penalty(context)`` returns an extra
-    loss term for one task's batch, or ``None``.
+    Contract: :class:`mtbert.api.Regularizer`; ``build()`` returns a
+    :class:`mtbert.api.RegularizerState` (``setup(model)`` once, ``penalty(context)`` per batch).
     """
 
 
@@ -113,8 +107,8 @@ def mtbert_register_regularizers(register: Register) -> None:
 def mtbert_register_stages(register: Register) -> None:
     """Register training stages a recipe may chain (``multitask``, in-domain ``mlm``...).
 
-    Factory contract (:class:`mtbert.engine.components.Stage`): ``run(context)`` trains the
-    shared model in place and returns the stage's final metrics.
+    Contract: :class:`mtbert.api.Stage`; ``run(run, index, name, resume)`` trains the shared
+    model in place and returns the stage's final metrics.
     """
 
 
@@ -133,7 +127,7 @@ def mtbert_on_step_end(run: Any, step: int, logs: dict[str, float]) -> None:
 def mtbert_on_evaluate(
     run: Any, stage: str, epoch: int, step: int, metrics: dict[str, float], predictions: dict[str, dict[str, list]]
 ) -> None:
-    """Dev metrics were computed after an epoch (keys as in DESIGN.md: ``sst_acc`` ...).
+    """Dev metrics were computed after an epoch (keys as in README.md: ``sst_acc`` ...).
 
     ``predictions`` maps each task to ``{"ids": [...], "predictions": [...], "labels": [...]}``
     in file order (what a confusion matrix or an error analysis needs). An implementation may

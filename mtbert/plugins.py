@@ -105,6 +105,16 @@ class Registry:
             return found
         raise RecipeError(self.unknown_message(kind, name, where=where, context=context))
 
+    def defaults(self, kind: str, input_kind: str) -> list[Component]:
+        """The components of ``kind`` that declare themselves the default for tasks of ``input_kind``.
+
+        A recipe that names no input format or head for a task gets the one component whose
+        options class lists the task's input kind (``"single"``, ``"pair"``) in its ``default_for``
+        class attribute (see CONTRIBUTING.md); the recipe validator reports none or several.
+        """
+        return [c for name, c in sorted(self.components[kind].items())
+                if input_kind in tuple(getattr(c.factory, "default_for", ()) or ())]
+
     def unknown_message(self, kind: str, name: str, *, where: str = "", context: str = "") -> str:
         installed = ", ".join(self.names(kind)) or "none"
         label = KIND_LABELS[kind]

@@ -25,7 +25,7 @@ import attrs
 import tomli_w
 
 from mtbert.errors import RecipeError
-from mtbert.plugins import Component, Plugins, check_requirements
+from mtbert.plugins import KIND_LABELS, Component, Plugins, check_requirements
 from mtbert.schema import Problems, did_you_mean, option, structure, unstructure
 
 DATA_DIR_ENV = "MTBERT_DATA_DIR"
@@ -59,7 +59,7 @@ class DataSection:
 @attrs.define
 class TaskSection:
     input: Any = option(None, help="input format (single, separate-pair, ...; default by the task's input kind)")
-    head: Any = option("linear", help="task head: a name or { name = ..., options }")
+    head: Any = option(None, help="task head: a name or { name = ..., options } (default by the task's input kind: linear)")
     train_file: str | None = option(None, help="training file (default: the task's file in data.dir)")
     dev_file: str | None = option(None, help="dev file (default: the task's file in data.dir)")
     test_file: str | None = option(None, help="test file (default: the task's file in data.dir)")
@@ -381,6 +381,28 @@ def resolve_component(
     return ComponentSpec(kind=kind, name=name, options=built, component=component)
 
 
+def _task_component(kind: str, value: Any, input_kind: str, path: str, task_name: str, plugins: Plugins,
+                    problems: Problems) -> ComponentSpec | None:
+    """A task's input format or head; when the recipe names none, the one registered as the
+    default for the task's input kind (``default_for`` on the options class)."""
+    default = None
+    if not isinstance(value, str) and not (isinstance(value, dict) and "name" in value):
+        found = plugins.registry.defaults(kind, input_kind)
+        label = KIND_LABELS[kind]
+        if not found:
+            problems.add(path, f"no installed {label} is the default for {input_kind} tasks; name one for task "
+                               f"{task_name} (installed: {', '.join(plugins.registry.names(kind)) or 'none'})")
+            return None
+        if len(found) > 1:
+            claims = ", ".join(f"'{c.name}' from {c.provider}" for c in found)
+            problems.add(path, f"several {label}s declare themselves the default for {input_kind} tasks ({claims}); "
+                               f"name one for task {task_name}")
+            return None
+        default = found[0].name
+        value = default if value is None else value
+    return resolve_component(kind, value, path, plugins, problems, context=f"for task {task_name}", default=default)
+
+
 def _component_list(kind: str, value: Any, path: str, plugins: Plugins, problems: Problems) -> list[ComponentSpec]:
     if value is None:
         return []
@@ -471,20 +493,17 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
             problems.add(path, f"{raw!r} is not a table")
             continue
         raw = dict(raw)
-        head_raw, input_raw = raw.pop("head", "linear"), raw.pop("input", None)
+        head_raw, input_raw = raw.pop("head", None), raw.pop("input", None)
         task_section = structure(TaskSection, raw, path, problems)
         spec = component.factory
-        if input_raw is None:
-            input_raw = "single" if spec.input_kind == "single" else "separate-pair"
-        input_spec = resolve_component("input_format", input_raw, f"{path}.input", plugins, problems, context=f"for task {task_name}")
-        head_spec = resolve_component("head", head_raw, f"{path}.head", plugins, problems,
-                                      context=f"for task {task_name}", default="linear")
+        input_spec = _task_component("input_format", input_raw, spec.input_kind, f"{path}.input", task_name, plugins, problems)
+        head_spec = _task_component("head", head_raw, spec.input_kind, f"{path}.head", task_name, plugins, problems)
         if input_spec is not None:
             reason = input_spec.options.check(spec)
             if reason:
                 problems.add(f"{path}.input", f"'{input_spec.name}' cannot serve task {task_name}: {reason}")
         if head_spec is not None and hasattr(head_spec.options, "check"):
-            reason = head_spec.options.check(spec, input_spec.name if input_spec else None)
+            reason = head_spec.options.check(spec, input_spec.options if input_spec else None)
             if reason:
                 problems.add(f"{path}.head", f"'{head_spec.name}' cannot serve task {task_name}: {reason}")
         if task_section is not None and input_spec is not None and head_spec is not None:

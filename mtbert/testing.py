@@ -373,20 +373,26 @@ def _label_dtype(spec: TaskSpec) -> torch.dtype:
     return label_dtype(spec)
 
 
-def _default_input_name(spec: TaskSpec) -> str:
-    return "single" if spec.input_kind == "single" else "separate-pair"
+def _default_name(plugins: Any, kind: str, spec: TaskSpec) -> str:
+    """The registered default input format or head for the task's input kind, as recipes choose it."""
+    found = plugins.registry.defaults(kind, spec.input_kind)
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} {kind.replace('_', ' ')}s declare themselves the default for "
+                          f"{spec.input_kind} tasks: {[c.name for c in found]}")
+    return found[0].name
 
 
 def tiny_batch(task: str = "tiny_sentiment", *, size: int = 4, split: str = "train", start: int = 0,
                input_format: Any = None, plugins: Any = None, max_length: int = TINY_MAX_LENGTH) -> Batch:
     """A real batch of a tiny task: examples tokenized and collated by an input format.
 
-    ``input_format`` is an input-format options object or a registered name (default: ``single``
-    for single sentences, ``separate-pair`` for pairs, as recipes default).
+
+
     """
     spec = TINY_TASKS[task]
     if input_format is None or isinstance(input_format, str):
-        input_format = _options_of(plugins or _default_plugins(), "input_format", input_format or _default_input_name(spec))
+        plugins = plugins or _default_plugins()
+        input_format = _options_of(plugins, "input_format", input_format or _default_name(plugins, "input_format", spec))
     examples = tiny_examples(task, split)
     encoded = input_format.encode_examples(tiny_tokenizer(), examples, max_length)
     indices = [i % len(examples) for i in range(start, start + size)]
@@ -397,8 +403,8 @@ def tiny_model(*, heads: dict[str, Any] | None = None, input_formats: dict[str, 
                plugins: Any = None, seed: int = 0, tasks: Sequence[str] = TINY_TASK_NAMES) -> Any:
     """A :class:`~mtbert.engine.model.MultitaskModel`: the tiny encoder and one head per tiny task.
 
-    ``heads`` maps a task to a head options object or registered name (default ``linear``);
-    ``input_formats`` maps a task to an input-format name (default by the task's input kind).
+    ``heads`` maps a task to a head options object or registered name; ``input_formats`` maps a
+    task to an input-format name (both default by the task's input kind, as recipes choose).
     Same seed, same weights.
     """
     from mtbert.engine.model import MultitaskModel
@@ -413,11 +419,11 @@ def tiny_model(*, heads: dict[str, Any] | None = None, input_formats: dict[str, 
         torch.manual_seed(seed + 1)
         for name in tasks:
             spec = TINY_TASKS[name]
-            format_name = formats.get(name, _default_input_name(spec))
+            format_name = formats.get(name) or _default_name(plugins, "input_format", spec)
             format_options[name] = _options_of(plugins, "input_format", format_name)
-            head = heads.get(name, "linear")
+            head = heads.get(name) or _default_name(plugins, "head", spec)
             head = _options_of(plugins, "head", head) if isinstance(head, str) else head
-            modules[name] = head.build(TINY_HIDDEN, spec, format_name)
+            modules[name] = head.build(TINY_HIDDEN, spec, format_options[name])
     return MultitaskModel(encoder, modules, format_options)
 
 
@@ -562,7 +568,7 @@ def _check_options_class(check: _Checker, options: Any) -> None:
     for field in attrs.fields(cls):
         if field.init and not field.name.startswith("_"):
             check.require(field.metadata.get("help"),
-                          f"option {field.name!r} has no help text: declare it with mtbert.schema.option(default, help=...)")
+                          f"option {field.name!r} has no help text: declare it with mtbert.api.option(default, help=...)")
     table = unstructure(options)
     try:
         tomli_w.dumps({"component": table})
@@ -722,6 +728,9 @@ def check_input_format(options: Any, *, name: str | None = None, plugins: Any = 
     options = _instance(check, options)
     for method in ("check", "encode_examples", "collate", "sequences", "encode"):
         check.require(callable(getattr(options, method, None)), f"has no {method}() method (see InputFormat)")
+    declared = getattr(options, "num_sequences", None)
+    check.require(isinstance(declared, int) and declared >= 1,
+                  f"num_sequences must be a positive int (how many feature sets encode() gives), not {declared!r}")
     check.require(isinstance(options, InputFormat), "does not follow the InputFormat protocol")
     accepted = []
     for spec in TINY_TASKS.values():
@@ -730,6 +739,9 @@ def check_input_format(options: Any, *, name: str | None = None, plugins: Any = 
         if reason is None:
             accepted.append(spec)
     check.require(accepted, "check() refuses every tiny task (single sentences and pairs)")
+    for kind in getattr(options, "default_for", ()) or ():
+        check.require(any(spec.input_kind == kind for spec in accepted),
+                      f"default_for names {kind!r}, but check() refuses every tiny {kind} task")
     tokenizer = tiny_tokenizer()
     encoder = tiny_encoder()
     for spec in accepted:
@@ -800,6 +812,9 @@ def check_input_format(options: Any, *, name: str | None = None, plugins: Any = 
                 check.require(features.num_sequences == slots and len(features.masks) == slots and len(features.pooled) == slots,
                               f"encode() gives {features.num_sequences} hidden, {len(features.masks)} masks and "
                               f"{len(features.pooled)} pooled for {slots} sequences")
+                check.require(features.num_sequences == declared,
+                              f"encode() gives {features.num_sequences} feature sets, but num_sequences says {declared} "
+                              f"(heads size their input by it)")
                 for k, seq in enumerate(sequences):
                     b, t = seq["input_ids"].shape
                     check.require(tuple(features.hidden[k].shape) == (b, t, TINY_HIDDEN),
@@ -835,7 +850,7 @@ def check_head(options: Any, *, name: str | None = None, plugins: Any = None) ->
                 continue  # an input format without defaults: not checked here
             if fmt.check(spec) is not None:
                 continue
-            reason = check.call("check()", options.check, spec, format_name) if hasattr(options, "check") else None
+            reason = check.call("check()", options.check, spec, fmt) if hasattr(options, "check") else None
             if reason is not None:
                 refused.append(f"{spec.name}/{format_name}: {reason}")
                 continue
@@ -844,7 +859,7 @@ def check_head(options: Any, *, name: str | None = None, plugins: Any = None) ->
     for spec, format_name, fmt in combos:
         where = f"(task {spec.name}, {spec.label_kind}, input {format_name})"
         torch.manual_seed(0)
-        module = check.call("build()", options.build, TINY_HIDDEN, spec, format_name)
+        module = check.call("build()", options.build, TINY_HIDDEN, spec, fmt)
         check.require(isinstance(module, nn.Module), f"build() must return an nn.Module, not {type(module).__name__}")
         for method in ("loss", "predict"):
             check.require(callable(getattr(module, method, None)), f"the module has no {method}() method")
@@ -884,7 +899,7 @@ def check_head(options: Any, *, name: str | None = None, plugins: Any = None) ->
                           f"predict() must give integer classes 0..{top} {where}: {labels.tolist()}")
         state = state_round_trip(module.state_dict())
         torch.manual_seed(1)
-        fresh = options.build(TINY_HIDDEN, spec, format_name)
+        fresh = options.build(TINY_HIDDEN, spec, fmt)
         check.call("load_state_dict() of a fresh head", fresh.load_state_dict, state)
         twin = MultitaskModel(model.encoder, {spec.name: fresh}, {spec.name: fmt}).eval()
         with torch.no_grad():
@@ -971,7 +986,7 @@ def check_sampler(options: Any, *, name: str | None = None, plugins: Any = None,
 
 # --------------------------------------------------------------------------- loss combiners
 def _check_combined(check: _Checker, combined: Any, tasks: Sequence[str], where: str) -> None:
-    check.require(isinstance(combined, Combined), f"combine() must return mtbert.engine.components.Combined {where}")
+    check.require(isinstance(combined, Combined), f"combine() must return mtbert.api.Combined {where}")
     check.require(set(combined.weighted) == set(tasks), f"Combined.weighted has tasks {sorted(combined.weighted)}, the step had {sorted(tasks)} {where}")
     check.require(set(combined.weights) == set(tasks), f"Combined.weights has tasks {sorted(combined.weights)}, the step had {sorted(tasks)} {where}")
     for task in tasks:
@@ -1205,9 +1220,9 @@ class _StageProbe:
     result: Any = attrs.field(default=None, init=False)
     changed: bool = attrs.field(default=False, init=False)
 
-    def run(self, run: Any, index: int, name: str) -> Any:
+    def run(self, run: Any, index: int, name: str, resume: dict[str, Any] | None) -> Any:
         before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-        self.result = self.options.run(run, index, name)
+        self.result = self.options.run(run, index, name, resume)
         after = dict(run.model.named_parameters())
         self.changed = any(not torch.equal(before[n], after[n].detach()) for n in before)
         return self.result
@@ -1221,7 +1236,7 @@ def check_stage(options: Any, *, name: str | None = None, plugins: Any = None, o
 
     check = _Checker("stage", _label("stage", options, name))
     options = _instance(check, options)
-    check.require(callable(getattr(options, "run", None)), "has no run(run, index, name) method")
+    check.require(callable(getattr(options, "run", None)), "has no run(run, index, name, resume) method")
     plugins = plugins or _default_plugins()
     probe = _StageProbe(options)
     component = Component(kind="stage", name=name or "stage-under-test", factory=type(options), plugin="(under test)",

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtbert import hookimpl
-from mtbert.model.backbone import CheckpointSpec
+from mtbert.api import CheckpointSpec, hookimpl
 
 
 def _minilm_folder() -> Path:

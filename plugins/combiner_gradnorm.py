@@ -61,11 +61,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Combined
-from mtbert.engine.distributed import reduce_mean, reduce_sum, world_size
-from mtbert.errors import MtbertError
-from mtbert.schema import option
+from mtbert.api import Combined, MtbertError, hookimpl, option, reduce_mean, reduce_sum, world_size
 
 #: L_i(0) below this is treated as this (a task that starts at zero loss has no rate to speak of).
 _TINY_INITIAL_LOSS = 1e-12

@@ -12,8 +12,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Combined, StatelessCombiner
+from mtbert.api import Combined, StatelessCombiner, hookimpl
 
 
 class MeanCombiner(StatelessCombiner):

@@ -33,9 +33,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Combined
-from mtbert.schema import option
+from mtbert.api import Combined, hookimpl, option
 
 
 class UncertaintyCombiner:

@@ -17,10 +17,7 @@ from __future__ import annotations
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Combined, StatelessCombiner
-from mtbert.errors import MtbertError
-from mtbert.schema import did_you_mean, option
+from mtbert.api import Combined, MtbertError, StatelessCombiner, did_you_mean, hookimpl, option
 
 
 class WeightsCombiner(StatelessCombiner):

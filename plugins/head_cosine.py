@@ -31,7 +31,8 @@ which is ``(high - low)**2 / 4`` times the MSE on [-1, 1] labels for ``affine`` 
 ``(high - low)**2`` (25 on STS) times Sentence-BERT's MSE on ``label / 5`` for ``positive``:
 the same minimiser, a larger gradient (mind the learning rate when comparing). ``predict``
 clamps scores to the label range. The cosine is computed in fp32 with ``eps = 1e-8``.
-Only regression tasks given as ``separate-pair`` input qualify; ``check`` refuses others.
+Only regression tasks whose input format encodes the two sentences apart (``num_sequences = 2``,
+as ``separate-pair``) qualify; ``check`` refuses others.
 """
 
 from __future__ import annotations
@@ -43,11 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.engine.components import Features
-from mtbert.engine.heads import Pooling, TaskHeadModule, pool
-from mtbert.schema import option
-from mtbert_plugins.head_mlp import activation_module
+from mtbert.api import Features, InputFormat, Pooling, TaskHeadModule, activation_module, hookimpl, option, pool
 
 ProjectionActivation = Literal["tanh", "relu", "leaky_relu", "gelu", "none"]
 
@@ -62,7 +59,7 @@ def scale_cosine(cos: torch.Tensor, low: float, high: float, how: str) -> torch.
 
 
 class CosineHeadModule(TaskHeadModule):
-    def __init__(self, options: "CosineHead", hidden_size: int, task: Any, input_format: str):
+    def __init__(self, options: "CosineHead", hidden_size: int, task: Any, input_format: InputFormat):
         super().__init__(task)
         self.pooling = options.pooling
         self.scale = options.scale
@@ -101,16 +98,17 @@ class CosineHead:
     scale: Literal["affine", "positive"] = option(
         "affine", help="affine: cosine [-1, 1] onto the label range; positive: [0, 1] onto it (Sentence-BERT)")
 
-    def check(self, task: Any, input_format: str | None) -> str | None:
+    def check(self, task: Any, input_format: InputFormat | None) -> str | None:
         if task.label_kind != "regression":
             return f"the cosine head scores similarity for regression tasks (like sts); this task is {task.label_kind}"
         if task.input_kind != "pair":
             return "the cosine head compares two sentences; this task has single sentences"
-        if input_format is not None and input_format != "separate-pair":
-            return f"the cosine head needs each sentence encoded on its own: set input = \"separate-pair\" (not '{input_format}')"
+        if input_format is not None and input_format.num_sequences != 2:
+            return (f"the cosine head needs each sentence encoded on its own (an input format giving two sequences, "
+                    f"such as input = \"separate-pair\"); this one gives {input_format.num_sequences}")
         return None
 
-    def build(self, hidden_size: int, task: Any, input_format: str) -> nn.Module:
+    def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return CosineHeadModule(self, hidden_size, task, input_format)
 
 

@@ -16,21 +16,19 @@ from typing import Any
 import attrs
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.engine.components import Features
-from mtbert.engine.heads import (
-    PairPart, Pooling, TaskHeadModule, check_class_weights, input_width, pooled_input, sequences_of,
+from mtbert.api import (
+    Features, InputFormat, PairPart, Pooling, TaskHeadModule, check_class_weights, hookimpl, input_width,
+    option, pooled_input,
 )
-from mtbert.schema import option
 
 
 class LinearHeadModule(TaskHeadModule):
-    def __init__(self, options: "LinearHead", hidden_size: int, task: Any, input_format: str):
+    def __init__(self, options: "LinearHead", hidden_size: int, task: Any, input_format: InputFormat):
         super().__init__(task, options.class_weights)
         self.pooling = options.pooling
         self.pair = list(options.pair)
         self.dropout = nn.Dropout(options.dropout)
-        width = input_width(hidden_size, sequences_of(input_format), self.pair)
+        width = input_width(hidden_size, input_format.num_sequences, self.pair)
         self.linear = self.init_output(nn.Linear(width, self.out_features))
 
     def forward(self, features: Features):
@@ -42,6 +40,8 @@ class LinearHeadModule(TaskHeadModule):
 class LinearHead:
     """One linear layer on the pooled encoder output."""
 
+    default_for = ("single", "pair")  # the head of every task unless a recipe names one
+
     pooling: Pooling = option("mean", help="mean (masked mean of tokens), pooler (BERT's tanh pooler) or cls ([CLS] state)")
     pair: list[PairPart] = option(
         factory=lambda: ["u", "v", "abs-diff", "product"], help="pair views concatenated for separately encoded pairs"
@@ -49,12 +49,12 @@ class LinearHead:
     dropout: float = option(0.1, help="dropout before the linear layer", min=0, max=1)
     class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
 
-    def check(self, task: Any, input_format: str | None) -> str | None:
+    def check(self, task: Any, input_format: InputFormat | None) -> str | None:
         if not self.pair:
             return "pair needs at least one of u, v, abs-diff, product"
         return check_class_weights(task, self.class_weights)
 
-    def build(self, hidden_size: int, task: Any, input_format: str) -> nn.Module:
+    def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return LinearHeadModule(self, hidden_size, task, input_format)
 
 

@@ -24,78 +24,28 @@ Options and defaults:
   input (ignored for single sentences and ``concat-pair``, which are one sequence);
 * ``class_weights``: per-class weights of the classification loss (none by default).
 
-The output and loss follow the task's label kind (:class:`mtbert.engine.heads.TaskHeadModule`):
+The output and loss follow the task's label kind (:class:`mtbert.api.TaskHeadModule`):
 ``C`` logits and cross-entropy, one logit and binary cross-entropy, or one score and MSE.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any
 
 import attrs
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.engine.components import Features
-from mtbert.engine.heads import (
-    PairPart, Pooling, TaskHeadModule, check_class_weights, input_width, pooled_input, sequences_of,
+from mtbert.api import (
+    Activation, Features, InputFormat, PairPart, Pooling, TaskHeadModule, build_mlp, check_class_weights,
+    check_dropout, hookimpl, input_width, option, pooled_input,
 )
-from mtbert.schema import option
-
-Activation = Literal["relu", "leaky_relu", "gelu", "tanh"]
-
-
-def activation_module(name: str, negative_slope: float = 0.01) -> nn.Module:
-    """The activation a head option names."""
-    if name == "relu":
-        return nn.ReLU()
-    if name == "leaky_relu":
-        return nn.LeakyReLU(negative_slope)
-    if name == "gelu":
-        return nn.GELU()
-    if name == "tanh":
-        return nn.Tanh()
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def dropout_list(dropout: float | Sequence[float], layers: int) -> list[float]:
-    """One dropout probability per Linear layer, from one number or a list of ``layers`` numbers."""
-    if isinstance(dropout, (int, float)):
-        return [float(dropout)] * layers
-    values = [float(p) for p in dropout]
-    if len(values) != layers:
-        raise ValueError(f"dropout needs 1 or {layers} numbers, got {len(values)}")
-    return values
-
-
-def check_dropout(dropout: float | Sequence[float], hidden: Sequence[int]) -> str | None:
-    if isinstance(dropout, (int, float)):
-        return None
-    layers = len(hidden) + 1
-    if len(dropout) != layers:
-        return (f"dropout has {len(dropout)} numbers; give one, or one per Linear layer "
-                f"({layers} for hidden = {list(hidden)})")
-    return None
-
-
-def build_mlp(width: int, hidden: Sequence[int], out_features: int, activation: str,
-              dropout: float | Sequence[float], negative_slope: float = 0.01) -> nn.Sequential:
-    """``dropout -> Linear -> act`` per hidden size, then ``dropout -> Linear(out_features)``."""
-    rates = dropout_list(dropout, len(hidden) + 1)
-    layers: list[nn.Module] = []
-    for size, rate in zip(hidden, rates):
-        layers += [nn.Dropout(rate), nn.Linear(width, size), activation_module(activation, negative_slope)]
-        width = size
-    layers += [nn.Dropout(rates[-1]), nn.Linear(width, out_features)]
-    return nn.Sequential(*layers)
-
 
 class MLPHeadModule(TaskHeadModule):
-    def __init__(self, options: "MLPHead", hidden_size: int, task: Any, input_format: str):
+    def __init__(self, options: "MLPHead", hidden_size: int, task: Any, input_format: InputFormat):
         super().__init__(task, options.class_weights)
         self.pooling = options.pooling
         self.pair = list(options.pair)
-        width = input_width(hidden_size, sequences_of(input_format), self.pair)
+        width = input_width(hidden_size, input_format.num_sequences, self.pair)
         self.mlp = build_mlp(width, options.hidden, self.out_features, options.activation, options.dropout,
                              options.negative_slope)
         self.init_output(self.mlp[-1])
@@ -119,12 +69,12 @@ class MLPHead:
     )
     class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
 
-    def check(self, task: Any, input_format: str | None) -> str | None:
+    def check(self, task: Any, input_format: InputFormat | None) -> str | None:
         if not self.pair:
             return "pair needs at least one of u, v, abs-diff, product"
         return check_dropout(self.dropout, self.hidden) or check_class_weights(task, self.class_weights)
 
-    def build(self, hidden_size: int, task: Any, input_format: str) -> nn.Module:
+    def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return MLPHeadModule(self, hidden_size, task, input_format)
 
 

@@ -30,15 +30,14 @@ from typing import Any
 import attrs
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.engine.components import Features
-from mtbert.engine.heads import PairPart, Pooling, TaskHeadModule, check_class_weights, pair_features, pool
-from mtbert.schema import option
-from mtbert_plugins.head_mlp import Activation, build_mlp, check_dropout
+from mtbert.api import (
+    Activation, Features, InputFormat, PairPart, Pooling, TaskHeadModule, build_mlp, check_class_weights,
+    check_dropout, hookimpl, option, pair_features, pool,
+)
 
 
 class PairClassifierModule(TaskHeadModule):
-    def __init__(self, options: "PairClassifierHead", hidden_size: int, task: Any, input_format: str):
+    def __init__(self, options: "PairClassifierHead", hidden_size: int, task: Any, input_format: InputFormat):
         super().__init__(task, options.class_weights)
         self.pooling = options.pooling
         self.pair = list(options.pair)
@@ -66,17 +65,18 @@ class PairClassifierHead:
     pooling: Pooling = option("mean", help="mean (masked mean of tokens), pooler (BERT's tanh pooler) or cls ([CLS] state)")
     class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
 
-    def check(self, task: Any, input_format: str | None) -> str | None:
+    def check(self, task: Any, input_format: InputFormat | None) -> str | None:
         if task.input_kind != "pair":
             return "the pair-classifier head needs sentence pairs; this task has single sentences (use linear or mlp)"
-        if input_format is not None and input_format != "separate-pair":
-            return (f"the pair-classifier head combines two separately encoded sentences: set input = \"separate-pair\" "
-                    f"(with '{input_format}' use linear or mlp)")
+        if input_format is not None and input_format.num_sequences != 2:
+            return (f"the pair-classifier head combines two separately encoded sentences (an input format giving two "
+                    f"sequences, such as input = \"separate-pair\"); this one gives {input_format.num_sequences}: "
+                    f"use linear or mlp")
         if not self.pair:
             return "pair needs at least one of u, v, abs-diff, product"
         return check_dropout(self.dropout, self.hidden) or check_class_weights(task, self.class_weights)
 
-    def build(self, hidden_size: int, task: Any, input_format: str) -> nn.Module:
+    def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return PairClassifierModule(self, hidden_size, task, input_format)
 
 

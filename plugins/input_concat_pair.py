@@ -23,9 +23,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Batch, EncodedExamples, Features
-from mtbert.model.tokenizer import pad_batch
+from mtbert.api import Batch, EncodedExamples, Features, hookimpl, pad_batch
 
 
 def _labels(encoded: EncodedExamples, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
@@ -46,6 +44,8 @@ def _inputs(batch: Batch) -> dict[str, torch.Tensor]:
 @attrs.define
 class ConcatPair:
     """Both sentences in one sequence, ``[CLS] a [SEP] b [SEP]``, segment ids 0 then 1."""
+
+    num_sequences = 1  # one feature set for the whole pair
 
     def check(self, task: Any) -> str | None:
         if task.input_kind != "pair":

@@ -19,9 +19,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Batch, EncodedExamples, Features
-from mtbert.model.tokenizer import pad_batch
+from mtbert.api import Batch, EncodedExamples, Features, hookimpl, pad_batch
 
 
 def _labels(encoded: EncodedExamples, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
@@ -52,6 +50,9 @@ def run_encoder(encoder: Any, inputs: dict[str, torch.Tensor], inputs_embeds: to
 class SingleSentence:
     """One sentence per example, ``[CLS] s [SEP]``."""
 
+    num_sequences = 1  # encode() gives one feature set
+    default_for = ("single",)  # the input format of single-sentence tasks unless a recipe names one
+
     def check(self, task: Any) -> str | None:
         if task.input_kind != "single":
             return "the task has sentence pairs; use separate-pair or concat-pair"
@@ -79,6 +80,9 @@ class SingleSentence:
 @attrs.define
 class SeparatePair:
     """Each sentence of a pair encoded on its own (siamese); the head combines the two."""
+
+    num_sequences = 2  # encode() gives one feature set per sentence
+    default_for = ("pair",)  # the input format of sentence-pair tasks unless a recipe names one
 
     def check(self, task: Any) -> str | None:
         if task.input_kind != "pair":

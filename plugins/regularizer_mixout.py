@@ -41,9 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.errors import RecipeError
-from mtbert.schema import option
+from mtbert.api import RecipeError, hookimpl, option
 
 Granularity = Literal["neuron", "element"]
 

@@ -26,9 +26,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.errors import RecipeError
-from mtbert.schema import did_you_mean, option
+from mtbert.api import RecipeError, did_you_mean, hookimpl, option
 
 NormName = Literal["l1", "l2", "linf"]
 _ORD = {"l1": 1.0, "l2": 2.0, "linf": float("inf")}

@@ -59,8 +59,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mtbert import hookimpl
-from mtbert.schema import did_you_mean, option
+from mtbert.api import did_you_mean, hookimpl, option
 
 Norm = Literal["linf", "l2"]
 Scope = Literal["example", "token"]

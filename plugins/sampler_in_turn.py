@@ -28,11 +28,7 @@ from __future__ import annotations
 
 import attrs
 
-from mtbert import hookimpl
-from mtbert.engine.components import StepMode
-from mtbert.engine.sampling import SeededSampler
-from mtbert.schema import option
-from mtbert_plugins.sampler_plans import one_task_only
+from mtbert.api import SeededSampler, StepMode, hookimpl, one_task_only, option
 
 
 class InTurnSampler(SeededSampler):

@@ -29,10 +29,7 @@ from __future__ import annotations
 
 import attrs
 
-from mtbert import hookimpl
-from mtbert.engine.components import StepMode
-from mtbert.schema import option
-from mtbert_plugins.sampler_plans import ORDER_HELP, EqualCountSampler, Order, unknown_task
+from mtbert.api import EqualCountSampler, ORDER_HELP, Order, StepMode, hookimpl, option, unknown_task
 
 
 class LoopSampler(EqualCountSampler):

@@ -4,7 +4,7 @@ Sources: A. C. Stickland, I. Murray, 2019, "BERT and PALs: Projected Attention L
 Efficient Adaptation in Multi-Task Learning" (ICML), "proportional sampling" p_t ∝ n_t; with
 ``exact = true`` it is X. Liu, P. He, W. Chen, J. Gao, 2019, "Multi-Task Deep Neural Networks
 for Natural Language Understanding" (ACL), Algorithm 1: every minibatch of every task once per
-epoch, merged and shuffled. It is the ``temperature`` sampler at T = 1 (same code).
+epoch, merged and shuffled. It plans exactly as the ``temperature`` sampler at T = 1 (a test checks it).
 
 Per epoch there are ``N = sum_t n_t`` steps (``n_t`` = task t's batches in one full pass) and
 ``p_t = n_t / N``. Batches per task per epoch: ``n_t`` in expectation (independent draws,
@@ -24,18 +24,29 @@ from __future__ import annotations
 
 import attrs
 
-from mtbert import hookimpl
-from mtbert.engine.components import StepMode
-from mtbert.schema import option
-from mtbert_plugins.sampler_plans import one_task_only
-from mtbert_plugins.sampler_temperature import TemperatureSampler
+from mtbert.api import SeededSampler, StepMode, hookimpl, one_task_only, option
 
 
-class ProportionalSampler(TemperatureSampler):
+class ProportionalSampler(SeededSampler):
     """Temperature sampling at T = 1: p_t = n_t / N, N = sum_t n_t steps per epoch."""
 
     def __init__(self, batches: dict[str, int], seed: int, epochs: int, exact: bool):
-        super().__init__(batches, seed, epochs, 1.0, None, "exponent", exact)
+        super().__init__(batches, seed, "one-task")
+        self.exact = exact
+        self.total = sum(self.batches.values())
+
+    def batches_per_epoch(self) -> dict[str, int]:
+        return dict(self.batches)
+
+    def steps_per_epoch(self) -> int:
+        return self.total
+
+    def epoch(self, index: int) -> list[tuple[str, ...]]:
+        if self.total == 0:
+            return []
+        if self.exact:
+            return self.shuffled_steps(self.batches_per_epoch())
+        return self.drawn_steps({task: n / self.total for task, n in self.batches.items()}, self.total)
 
 
 @attrs.define

@@ -45,11 +45,7 @@ import math
 
 import attrs
 
-from mtbert import hookimpl
-from mtbert.engine.components import StepMode
-from mtbert.engine.sampling import SeededSampler
-from mtbert.schema import option
-from mtbert_plugins.sampler_plans import ORDER_HELP, Order, one_task_plan, unknown_task
+from mtbert.api import ORDER_HELP, Order, SeededSampler, StepMode, hookimpl, one_task_plan, option, unknown_task
 
 
 def subset_size(n: int, fraction: float) -> int:

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import attrs
 
-from mtbert import hookimpl
-from mtbert.engine.components import StepMode
-from mtbert.engine.sampling import SeededSampler
-from mtbert.schema import option
+from mtbert.api import SeededSampler, StepMode, hookimpl, option
 
 
 class RoundRobinSampler(SeededSampler):

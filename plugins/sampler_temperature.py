@@ -44,13 +44,8 @@ import math
 from typing import Literal
 
 import attrs
-import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import StepMode
-from mtbert.engine.sampling import SeededSampler
-from mtbert.schema import option
-from mtbert_plugins.sampler_plans import largest_remainder, one_task_only
+from mtbert.api import SeededSampler, StepMode, hookimpl, largest_remainder, one_task_only, option
 
 Anneal = Literal["exponent", "temperature"]
 
@@ -121,10 +116,7 @@ class TemperatureSampler(SeededSampler):
             return []
         if self.exact:
             return self.shuffled_steps(self.exact_batches(index))
-        probabilities = self.probabilities(index)
-        weights = torch.tensor([probabilities[task] for task in self.tasks], dtype=torch.float64)
-        draws = torch.multinomial(weights, self.total, replacement=True, generator=self.generator)
-        return [(self.tasks[i],) for i in draws.tolist()]
+        return self.drawn_steps(self.probabilities(index), self.total)
 
 
 @attrs.define

@@ -63,10 +63,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtbert import hookimpl
-from mtbert.errors import CheckpointError, MtbertError
-from mtbert.schema import option
-from mtbert.model.bert import hidden_activation
+from mtbert.api import (
+    BertTokenizer, CheckpointError, MtbertError, Progress, RunInterrupted, autocast, derive_seed,
+    hidden_activation, hookimpl, lr_lambda, option, pad_batch, use_fused_adamw,
+)
 
 IGNORE_INDEX = -100
 #: How many batches a length-bucketing window spans (as the multitask streams).
@@ -253,10 +253,6 @@ class MaskedLMTrainer:
     """One ``mlm`` stage: trains ``run.model.encoder`` with a temporary MLM head."""
 
     def __init__(self, options: "MaskedLM", run: Any, index: int, label: str):
-        from mtbert.engine.device import use_fused_adamw
-        from mtbert.engine.seeding import derive_seed
-        from mtbert.engine.trainer import lr_lambda
-        from mtbert.model.tokenizer import BertTokenizer
 
         self.options = options
         self.run = run
@@ -406,7 +402,6 @@ class MaskedLMTrainer:
 
     # ----------------------------------------------------------------- one batch
     def _batch(self, sequences: list[list[int]], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        from mtbert.model.tokenizer import pad_batch
 
         inputs = pad_batch(sequences, pad_id=self.tokenizer.pad_id)
         ids, attention = inputs["input_ids"], inputs["attention_mask"]
@@ -420,7 +415,6 @@ class MaskedLMTrainer:
 
     def _loss(self, inputs: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor):
         """Summed cross-entropy over the masked positions, their correct predictions and count."""
-        from mtbert.engine.device import autocast
 
         selected = labels != IGNORE_INDEX
         with autocast(self.device, self.run.recipe.train.precision):
@@ -461,13 +455,11 @@ class MaskedLMTrainer:
         self.log_sums = {"loss": 0.0, "correct": 0.0, "masked": 0.0}
 
     def _save_and_stop(self) -> None:
-        from mtbert.engine.trainer import RunInterrupted
 
         self.run.save_last(self)
         raise RunInterrupted(self.run.interrupt_message())
 
     def train(self) -> dict[str, float]:
-        from mtbert.engine.progress import Progress
 
         run, options, recipe = self.run, self.options, self.run.recipe
         self.encoder.train()
@@ -580,16 +572,15 @@ class MaskedLM:
             raise ValueError(f"mask_replace + random_replace must be at most 1, got "
                              f"{self.mask_replace} + {self.random_replace}")
 
-    def run(self, run: Any, index: int, name: str) -> dict[str, float]:
+    def run(self, run: Any, index: int, name: str, resume: dict[str, Any] | None) -> dict[str, float]:
         recipe = run.recipe
         label = name if len(recipe.stages) == 1 else f"{name}[{index}]"
-        state = run.resume_state["trainer"] if run.resume_state is not None else None
-        if state is not None and state["stage_index"] == index and state.get("done"):
+        if resume is not None and resume.get("done"):
             run.say(f"{label}: finished before the interruption; the encoder's weights were restored")
-            return dict(state.get("summary") or {})
+            return dict(resume.get("summary") or {})
         trainer = MaskedLMTrainer(self, run, index, label)
-        if state is not None and state["stage_index"] == index:
-            trainer.load_state_dict(state)
+        if resume is not None:
+            trainer.load_state_dict(resume)
         return trainer.train()
 
 

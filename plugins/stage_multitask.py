@@ -21,8 +21,7 @@ from typing import Any
 
 import attrs
 
-from mtbert import hookimpl
-from mtbert.schema import option
+from mtbert.api import MultitaskTrainer, hookimpl, option
 
 
 @attrs.define
@@ -35,17 +34,15 @@ class Multitask:
 
     data_parallel = True  # works under torchrun: the trainer shards batches and all-reduces gradients
 
-    def run(self, run: Any, index: int, name: str) -> dict[str, float]:
-        from mtbert.engine.trainer import MultitaskTrainer
+    def run(self, run: Any, index: int, name: str, resume: dict[str, Any] | None) -> dict[str, float]:
 
         recipe = run.recipe
         tasks = list(self.tasks) if self.tasks else list(recipe.tasks)
         select = self.select_best if self.select_best is not None else index == len(recipe.stages) - 1
         label = name if len(recipe.stages) == 1 else f"{name}[{index}]"
         trainer = MultitaskTrainer(run, index, label, tasks, self.epochs or recipe.optim.epochs, select)
-        state = run.resume_state["trainer"] if run.resume_state is not None else None
-        if state is not None and state["stage_index"] == index:
-            trainer.load_state_dict(state)
+        if resume is not None:
+            trainer.load_state_dict(resume)
         return trainer.train()
 
 

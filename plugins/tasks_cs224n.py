@@ -15,8 +15,7 @@ and write submission files it accepts.
 
 from __future__ import annotations
 
-from mtbert import hookimpl
-from mtbert.data.tasks import TaskSpec
+from mtbert.api import TaskSpec, hookimpl
 
 SST = TaskSpec(
     name="sst",

@@ -11,8 +11,7 @@ from typing import Literal
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.schema import option
+from mtbert.api import hookimpl, option
 
 
 class ClipNormState:

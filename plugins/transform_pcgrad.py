@@ -49,8 +49,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.schema import option
+from mtbert.api import hookimpl, option
 
 
 def gram_matrix(grads: torch.Tensor) -> torch.Tensor:

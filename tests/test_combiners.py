@@ -386,8 +386,8 @@ def test_gradnorm_on_a_tiny_bert_multitask_model():
                         intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     encoder = BertEncoder(config)
     encoder.init_weights()
-    heads = {"sst": LinearHead(dropout=0.0).build(16, SST, "single"),
-             "sts": LinearHead(dropout=0.0, pooling="pooler").build(16, STS, "separate-pair")}
+    heads = {"sst": LinearHead(dropout=0.0).build(16, SST, SingleSentence()),
+             "sts": LinearHead(dropout=0.0, pooling="pooler").build(16, STS, SeparatePair())}
     model = MultitaskModel(encoder, heads, {"sst": SingleSentence(), "sts": SeparatePair()})
     assert balanced_parameters(model, "last") == list(encoder.layers[-1].parameters())
     combiner = GradNorm().build(["sst", "sts"], model)

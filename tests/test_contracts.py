@@ -483,7 +483,7 @@ def test_check_regularizer_catches_unreduced_penalties_and_lost_state():
 
 @attrs.define
 class SilentStage:
-    def run(self, run, index, name):
+    def run(self, run, index, name, resume):
         return None
 
 

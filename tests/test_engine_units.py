@@ -52,7 +52,6 @@ from mtbert.engine.heads import (
     pair_features,
     pool,
     pooled_input,
-    sequences_of,
 )
 from mtbert.engine.progress import Progress
 from mtbert.engine.sampling import SeededSampler
@@ -62,6 +61,7 @@ from mtbert.errors import CheckpointError, DataError
 from mtbert.recipe import OptimSection, TaskSection
 from mtbert_plugins.combiner_basic import Sum
 from mtbert_plugins.head_linear import LinearHead
+from mtbert_plugins.input_concat_pair import ConcatPair
 from mtbert_plugins.inputs import SeparatePair, SingleSentence
 from mtbert_plugins.sampler_round_robin import RoundRobin, RoundRobinSampler
 from mtbert_plugins.tasks_cs224n import PARA, SST, STS
@@ -787,7 +787,7 @@ def test_pool_pair_features_and_pooled_input():
     assert torch.equal(pooled_input(f, "pooler", ["u", "v"]), torch.cat(f.pooled, dim=-1))
     assert torch.equal(pooled_input(_features(two=False), "cls", ["u", "v"]), _features(two=False).hidden[0][:, 0])
     assert input_width(4, 1, ["u", "v"]) == 4 and input_width(4, 2, ["u", "v", "product"]) == 12
-    assert sequences_of("separate-pair") == 2 and sequences_of("single") == 1 and sequences_of("concat-pair") == 1
+    assert SeparatePair().num_sequences == 2 and SingleSentence().num_sequences == 1 and ConcatPair().num_sequences == 1
 
 
 def test_head_loss_multiclass_matches_cross_entropy():
@@ -835,13 +835,13 @@ def test_check_class_weights():
 
 def test_linear_head_widths_and_forward():
     hidden = 4
-    single = LinearHead(pooling="pooler").build(hidden, SST, "single")
+    single = LinearHead(pooling="pooler").build(hidden, SST, SingleSentence())
     assert single.linear.in_features == hidden and single.linear.out_features == 5
-    pair = LinearHead(pooling="pooler", pair=["u", "v"]).build(hidden, STS, "separate-pair")
+    pair = LinearHead(pooling="pooler", pair=["u", "v"]).build(hidden, STS, SeparatePair())
     assert pair.linear.in_features == 2 * hidden and pair.linear.out_features == 1
-    sbert = LinearHead().build(hidden, PARA, "separate-pair")  # the default: all four views
+    sbert = LinearHead().build(hidden, PARA, SeparatePair())  # the default: all four views
     assert sbert.linear.in_features == 4 * hidden
-    concat = LinearHead(pair=["u", "v", "abs-diff", "product"]).build(hidden, PARA, "concat-pair")
+    concat = LinearHead(pair=["u", "v", "abs-diff", "product"]).build(hidden, PARA, ConcatPair())
     assert concat.linear.in_features == hidden
     for head in (single, pair, sbert):
         head.eval()
@@ -851,13 +851,13 @@ def test_linear_head_widths_and_forward():
     assert torch.allclose(out, single.linear(f1.pooled[0]))
     assert pair(f2).shape == (2,)
     assert torch.allclose(pair(f2), pair.linear(torch.cat(f2.pooled, -1)).squeeze(-1))
-    mean_head = LinearHead(pooling="mean", pair=["u", "v", "abs-diff", "product"]).build(hidden, PARA, "separate-pair").eval()
+    mean_head = LinearHead(pooling="mean", pair=["u", "v", "abs-diff", "product"]).build(hidden, PARA, SeparatePair()).eval()
     u, v = masked_mean(f2.hidden[0], f2.masks[0]), masked_mean(f2.hidden[1], f2.masks[1])
     expected = mean_head.linear(torch.cat([u, v, (u - v).abs(), u * v], -1)).squeeze(-1)
     assert torch.allclose(mean_head(f2), expected)
-    assert LinearHead(pair=[]).check(SST, "single") is not None
-    assert LinearHead(class_weights=[1.0, 1.0]).check(SST, "single") is not None
-    assert LinearHead().check(SST, "single") is None
+    assert LinearHead(pair=[]).check(SST, SingleSentence()) is not None
+    assert LinearHead(class_weights=[1.0, 1.0]).check(SST, SingleSentence()) is not None
+    assert LinearHead().check(SST, SingleSentence()) is None
 
 
 def test_input_formats_encode_and_check(tokenizer):
@@ -1035,9 +1035,9 @@ def test_regression_heads_start_at_the_middle_of_the_label_range():
     from mtbert_plugins.head_mlp import MLPHead
     from mtbert_plugins.head_pair_classifier import PairClassifierHead
 
-    for head in (LinearHead().build(8, STS, "separate-pair"), MLPHead(hidden=[4]).build(8, STS, "separate-pair"),
-                 PairClassifierHead().build(8, STS, "separate-pair")):
+    for head in (LinearHead().build(8, STS, SeparatePair()), MLPHead(hidden=[4]).build(8, STS, SeparatePair()),
+                 PairClassifierHead().build(8, STS, SeparatePair())):
         layer = head.linear if hasattr(head, "linear") else head.mlp[-1]
         assert torch.all(layer.bias == 2.5)
-    sst = LinearHead().build(8, SST, "single")
+    sst = LinearHead().build(8, SST, SingleSentence())
     assert not torch.all(sst.linear.bias == 2.5)  # classification heads keep the default init

@@ -27,6 +27,7 @@ from mtbert_plugins.head_cosine import CosineHead, scale_cosine
 from mtbert_plugins.head_mlp import MLPHead
 from mtbert_plugins.head_pair_classifier import PairClassifierHead
 from mtbert_plugins.input_concat_pair import ConcatPair
+from mtbert_plugins.inputs import SeparatePair, SingleSentence
 from mtbert_plugins.tasks_cs224n import PARA, SST, STS
 
 MINE = [("concat-pair", input_concat_pair), ("head-mlp", head_mlp), ("head-cosine", head_cosine),
@@ -151,8 +152,8 @@ def test_unlabelled_split_gives_no_labels(minilm_dir):
 def test_mlp_layers_forward_and_loss_by_hand():
     opts = MLPHead(hidden=[6, 4], activation="leaky_relu", negative_slope=0.2, dropout=[0.0, 0.5, 0.25],
                    class_weights=[1.0, 2.0, 3.0, 4.0, 5.0])
-    assert opts.check(SST, "single") is None
-    head = opts.build(8, SST, "single").eval()
+    assert opts.check(SST, SingleSentence()) is None
+    head = opts.build(8, SST, SingleSentence()).eval()
     linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
     assert [(l.in_features, l.out_features) for l in linears] == [(8, 6), (6, 4), (4, 5)]
     assert [m.p for m in head.mlp if isinstance(m, torch.nn.Dropout)] == [0.0, 0.5, 0.25]
@@ -176,7 +177,7 @@ def test_mlp_layers_forward_and_loss_by_hand():
 
 @pytest.mark.parametrize("activation,fn", [("relu", torch.relu), ("gelu", F.gelu), ("tanh", torch.tanh)])
 def test_mlp_activations(activation, fn):
-    head = MLPHead(hidden=[3], activation=activation, dropout=0.0).build(8, STS, "concat-pair").eval()
+    head = MLPHead(hidden=[3], activation=activation, dropout=0.0).build(8, STS, ConcatPair()).eval()
     feats = features(4, 8, 1, seed=1)
     first, last = head.mlp[1], head.mlp[4]
     x = mean_by_hand(feats.hidden[0], feats.masks[0])
@@ -189,7 +190,7 @@ def test_mlp_activations(activation, fn):
 
 
 def test_mlp_pair_features_for_separate_pairs_and_binary_output():
-    head = MLPHead(hidden=[5], pair=["u", "abs-diff", "product"], dropout=0.0).build(8, PARA, "separate-pair").eval()
+    head = MLPHead(hidden=[5], pair=["u", "abs-diff", "product"], dropout=0.0).build(8, PARA, SeparatePair()).eval()
     assert head.mlp[1].in_features == 24
     feats = features(3, 8, 2, seed=2)
     u, v = mean_by_hand(feats.hidden[0], feats.masks[0]), mean_by_hand(feats.hidden[1], feats.masks[1])
@@ -206,10 +207,10 @@ def test_pooling_options(pooling):
     feats = features(4, 8, 1, seed=3)
     expected_input = {"cls": feats.hidden[0][:, 0], "pooler": feats.pooled[0],
                       "mean": mean_by_hand(feats.hidden[0], feats.masks[0])}[pooling]
-    head = MLPHead(hidden=[], pooling=pooling, dropout=0.0).build(8, SST, "single").eval()
+    head = MLPHead(hidden=[], pooling=pooling, dropout=0.0).build(8, SST, SingleSentence()).eval()
     lin = head.mlp[1]
     assert torch.allclose(head(feats), expected_input @ lin.weight.T + lin.bias, atol=1e-5)
-    pair = PairClassifierHead(pooling=pooling, pair=["u"], dropout=0.0).build(8, SST, "separate-pair").eval()
+    pair = PairClassifierHead(pooling=pooling, pair=["u"], dropout=0.0).build(8, SST, SeparatePair()).eval()
     two = features(4, 8, 2, seed=3)
     lin = pair.mlp[1]
     want = {"cls": two.hidden[0][:, 0], "pooler": two.pooled[0], "mean": mean_by_hand(two.hidden[0], two.masks[0])}[pooling]
@@ -217,17 +218,17 @@ def test_pooling_options(pooling):
 
 
 def test_mlp_check_refusals():
-    assert "dropout has 2 numbers" in MLPHead(hidden=[4, 4], dropout=[0.1, 0.2]).check(SST, "single")
-    assert "class_weights needs 5" in MLPHead(class_weights=[1.0, 1.0]).check(SST, "single")
-    assert "classification" in MLPHead(class_weights=[1.0, 1.0]).check(STS, "separate-pair")
-    assert "pair needs" in MLPHead(pair=[]).check(PARA, "separate-pair")
-    assert MLPHead(hidden=[4, 4], dropout=[0.1, 0.2, 0.3]).check(SST, "single") is None
+    assert "dropout has 2 numbers" in MLPHead(hidden=[4, 4], dropout=[0.1, 0.2]).check(SST, SingleSentence())
+    assert "class_weights needs 5" in MLPHead(class_weights=[1.0, 1.0]).check(SST, SingleSentence())
+    assert "classification" in MLPHead(class_weights=[1.0, 1.0]).check(STS, SeparatePair())
+    assert "pair needs" in MLPHead(pair=[]).check(PARA, SeparatePair())
+    assert MLPHead(hidden=[4, 4], dropout=[0.1, 0.2, 0.3]).check(SST, SingleSentence()) is None
 
 
 # --------------------------------------------------------------------------- cosine
 @pytest.mark.parametrize("scale", ["affine", "positive"])
 def test_cosine_head_is_the_scaled_cosine_with_mse(scale):
-    head = CosineHead(scale=scale).build(8, STS, "separate-pair").eval()
+    head = CosineHead(scale=scale).build(8, STS, SeparatePair()).eval()
     assert not list(head.parameters())  # Sentence-BERT's head has no weights by default
     feats = features(6, 8, 2, seed=4)
     u, v = mean_by_hand(feats.hidden[0], feats.masks[0]), mean_by_hand(feats.hidden[1], feats.masks[1])
@@ -241,7 +242,7 @@ def test_cosine_head_is_the_scaled_cosine_with_mse(scale):
 
 
 def test_cosine_positive_scale_keeps_gradient_of_negative_cosines_and_predict_clamps():
-    head = CosineHead(scale="positive").build(4, STS, "separate-pair")
+    head = CosineHead(scale="positive").build(4, STS, SeparatePair())
     u = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     v = torch.tensor([[-1.0, 0.2, 0.0, 0.0]], requires_grad=True)
     m = torch.ones(1, 1, dtype=torch.long)
@@ -254,24 +255,24 @@ def test_cosine_positive_scale_keeps_gradient_of_negative_cosines_and_predict_cl
 
 
 def test_cosine_projection_layer_like_seed_000():
-    head = CosineHead(projection=[5], activation="tanh").build(8, STS, "separate-pair").eval()
+    head = CosineHead(projection=[5], activation="tanh").build(8, STS, SeparatePair()).eval()
     lin = head.projection[0]
     feats = features(4, 8, 2, seed=5)
     u = torch.tanh(mean_by_hand(feats.hidden[0], feats.masks[0]) @ lin.weight.T + lin.bias)
     v = torch.tanh(mean_by_hand(feats.hidden[1], feats.masks[1]) @ lin.weight.T + lin.bias)
     expected = 2.5 * (F.cosine_similarity(u, v, dim=-1) + 1)
     assert torch.allclose(head(feats), expected, atol=1e-5)
-    linear_only = CosineHead(projection=[5, 3], activation="none").build(8, STS, "separate-pair")
+    linear_only = CosineHead(projection=[5, 3], activation="none").build(8, STS, SeparatePair())
     assert [type(m).__name__ for m in linear_only.projection] == ["Linear", "Linear"]
 
 
 def test_cosine_check_refusals_are_one_line():
     opts = CosineHead()
-    for task, fmt, words in [(SST, "single", "multiclass"), (PARA, "separate-pair", "binary"),
-                             (STS, "concat-pair", "separate-pair")]:
+    for task, fmt, words in [(SST, SingleSentence(), "multiclass"), (PARA, SeparatePair(), "binary"),
+                             (STS, ConcatPair(), "separate-pair")]:
         reason = opts.check(task, fmt)
         assert reason and words in reason and "\n" not in reason
-    assert opts.check(STS, "separate-pair") is None and opts.check(STS, None) is None
+    assert opts.check(STS, SeparatePair()) is None and opts.check(STS, None) is None
 
 
 @settings(max_examples=40, deadline=None)
@@ -289,7 +290,7 @@ def test_affine_scale_maps_the_cosine_range_onto_the_label_range(cos, low, span)
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), factor=st.floats(0.1, 10), pad_value=st.floats(-1e4, 1e4))
 def test_cosine_ignores_padding_and_scale_of_the_embeddings(seed, factor, pad_value):
-    head = CosineHead().build(8, STS, "separate-pair").eval()
+    head = CosineHead().build(8, STS, SeparatePair()).eval()
     feats = features(3, 8, 2, seed=seed)
     base = head(feats)
     changed = Features(
@@ -302,8 +303,8 @@ def test_cosine_ignores_padding_and_scale_of_the_embeddings(seed, factor, pad_va
 # --------------------------------------------------------------------------- pair classifier
 def test_pair_classifier_features_hidden_layer_and_weighted_binary_loss():
     opts = PairClassifierHead(hidden=[7], activation="gelu", dropout=0.0, class_weights=[1.0, 3.0])
-    assert opts.check(PARA, "separate-pair") is None
-    head = opts.build(8, PARA, "separate-pair").eval()
+    assert opts.check(PARA, SeparatePair()) is None
+    head = opts.build(8, PARA, SeparatePair()).eval()
     feats = features(5, 8, 2, seed=6)
     u, v = mean_by_hand(feats.hidden[0], feats.masks[0]), mean_by_hand(feats.hidden[1], feats.masks[1])
     z = torch.cat([u, v, (u - v).abs(), u * v], -1)
@@ -321,23 +322,23 @@ def test_pair_classifier_features_hidden_layer_and_weighted_binary_loss():
 
 def test_pair_classifier_outputs_per_label_kind():
     feats = features(4, 8, 2, seed=7)
-    assert PairClassifierHead().build(8, STS, "separate-pair")(feats).shape == (4,)
-    assert PairClassifierHead(pair=["u", "v", "abs-diff"]).build(8, PARA, "separate-pair").mlp[1].in_features == 24
+    assert PairClassifierHead().build(8, STS, SeparatePair())(feats).shape == (4,)
+    assert PairClassifierHead(pair=["u", "v", "abs-diff"]).build(8, PARA, SeparatePair()).mlp[1].in_features == 24
     # a multiclass pair task
     import attrs
 
     nli = attrs.evolve(STS, name="nli", label_kind="multiclass", num_classes=3, label_range=None)
-    assert PairClassifierHead().build(8, nli, "separate-pair")(feats).shape == (4, 3)
+    assert PairClassifierHead().build(8, nli, SeparatePair())(feats).shape == (4, 3)
 
 
 def test_pair_classifier_refuses_single_sentences_and_concatenated_pairs():
     opts = PairClassifierHead()
-    assert "single sentences" in opts.check(SST, "single")
-    assert "separate-pair" in opts.check(PARA, "concat-pair")
-    assert "dropout" in PairClassifierHead(hidden=[4], dropout=[0.1]).check(PARA, "separate-pair")
+    assert "single sentences" in opts.check(SST, SingleSentence())
+    assert "separate-pair" in opts.check(PARA, ConcatPair())
+    assert "dropout" in PairClassifierHead(hidden=[4], dropout=[0.1]).check(PARA, SeparatePair())
     one = features(2, 8, 1)
     with pytest.raises(ValueError, match="two separately encoded"):
-        opts.build(8, PARA, "separate-pair")(one)
+        opts.build(8, PARA, SeparatePair())(one)
 
 
 # --------------------------------------------------------------------------- registration and recipes

@@ -230,8 +230,8 @@ def _tiny_model(seed: int) -> MultitaskModel:
     encoder = BertEncoder(config)
     encoder.init_weights()
     heads = {
-        "sst": LinearHead(dropout=0.0).build(16, SST, "single"),
-        "sts": LinearHead(dropout=0.0).build(16, STS, "separate-pair"),
+        "sst": LinearHead(dropout=0.0).build(16, SST, SingleSentence()),
+        "sts": LinearHead(dropout=0.0).build(16, STS, SeparatePair()),
     }
     return MultitaskModel(encoder, heads, {"sst": SingleSentence(), "sts": SeparatePair()})
 

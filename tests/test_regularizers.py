@@ -61,8 +61,8 @@ def make_model(dropout: float = 0.0, seed: int = 0, vocab: int = 30522) -> Multi
     encoder = BertEncoder(config)
     encoder.init_weights()
     head = LinearHead(dropout=dropout)
-    heads = {"sst": head.build(HIDDEN, SST, "single"), "para": head.build(HIDDEN, PARA, "separate-pair"),
-             "sts": head.build(HIDDEN, STS, "separate-pair")}
+    heads = {"sst": head.build(HIDDEN, SST, SingleSentence()), "para": head.build(HIDDEN, PARA, SeparatePair()),
+             "sts": head.build(HIDDEN, STS, SeparatePair())}
     formats = {"sst": SingleSentence(), "para": SeparatePair(), "sts": SeparatePair()}
     return MultitaskModel(encoder, heads, formats)
 
@@ -358,7 +358,7 @@ def test_smart_on_a_concatenated_pair_batch_keeps_segments_and_masks_padding(tok
     fmt = concat.ConcatPair()
     model = make_model()
     model.input_formats["para"] = fmt
-    model.heads["para"] = LinearHead(dropout=0.0).build(HIDDEN, PARA, "concat-pair")
+    model.heads["para"] = LinearHead(dropout=0.0).build(HIDDEN, PARA, fmt)
     examples = [Example(id=e.id, texts=e.texts, label=LABELS["para"][i], line=e.line) for i, e in enumerate(EXAMPLES)]
     batch = fmt.collate(fmt.encode_examples(tokenizer, examples, 64), [0, 1, 2], "para", torch.float)
     (seq,) = model.sequences(batch)

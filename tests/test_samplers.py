@@ -33,7 +33,7 @@ from mtbert_plugins import (
 )
 from mtbert_plugins.sampler_in_turn import InTurn
 from mtbert_plugins.sampler_loop import Loop
-from mtbert_plugins.sampler_plans import cycled_steps, largest_remainder
+from mtbert.api import cycled_steps, largest_remainder
 from mtbert_plugins.sampler_proportional import Proportional
 from mtbert_plugins.sampler_random_subset import RandomSubset, subset_size
 from mtbert_plugins.sampler_temperature import Temperature, annealed_temperature, task_probabilities
@@ -287,6 +287,14 @@ def test_proportional_exact_is_every_batch_once_shuffled():
     plans = [sampler.epoch(e) for e in range(3)]
     assert all(task_counts(p) == B and one_task(p) for p in plans)
     assert plans[0] != plans[1] != plans[2]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_proportional_plans_exactly_as_temperature_one(exact):
+    proportional = Proportional(exact=exact).build(dict(B), seed=12, epochs=4)
+    temperature = Temperature(temperature=1.0, exact=exact).build(dict(B), seed=12, epochs=4)
+    assert proportional.batches_per_epoch() == temperature.batches_per_epoch() == B
+    assert [proportional.epoch(e) for e in range(4)] == [temperature.epoch(e) for e in range(4)]
 
 
 def test_proportional_draws_have_the_batch_count_proportions():

@@ -326,10 +326,9 @@ def test_frozen_encoder_is_refused(tmp_path, data_dir, minilm_dir, plugins_with)
 
 def test_a_finished_stage_is_not_run_again_on_resume():
     said: list[str] = []
-    run = SimpleNamespace(recipe=SimpleNamespace(stages=[1, 2]), say=said.append,
-                          resume_state={"trainer": {"stage_index": 0, "stage": "mlm", "done": True,
-                                                    "summary": {"mlm_loss": 3.5}}})
-    assert MaskedLM().run(run, 0, "mlm") == {"mlm_loss": 3.5}  # no model, no data: nothing was built
+    run = SimpleNamespace(recipe=SimpleNamespace(stages=[1, 2]), say=said.append)
+    resume = {"stage_index": 0, "stage": "mlm", "done": True, "summary": {"mlm_loss": 3.5}}
+    assert MaskedLM().run(run, 0, "mlm", resume) == {"mlm_loss": 3.5}  # no model, no data: nothing was built
     assert "finished before the interruption" in said[0]
 
 

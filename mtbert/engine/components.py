@@ -2,8 +2,18 @@
 
 A plugin registers an *options class* per component (an attrs class, fields = recipe
 options). The engine instantiates it from the recipe, then calls the methods of its kind's
-contract below. The Protocols here are the documentation of those contracts; the dataclass-like
-types (:class:`Batch`, :class:`Features`, ...) are what flows between engine and plugins.
+contract below. The Protocols here are the one written source of those contracts, exported by
+:mod:`mtbert.api`: the hookspec docstrings and CONTRIBUTING.md point here, and
+tests/test_hook_docs.py fails when a signature they show differs from the Protocol's. A
+member documented "Optional" may be left out; the engine then does without it. The
+dataclass-like types (:class:`Batch`, :class:`Features`, ...) are what flows between engine
+and plugins.
+
+Protocol per kind (options class / what its ``build`` returns): input formats
+:class:`InputFormat`; heads :class:`Head` / :class:`HeadModule`; samplers :class:`Sampler` /
+:class:`SamplerState`; loss combiners :class:`LossCombiner` / :class:`LossCombinerState`;
+gradient transforms :class:`GradientTransform` / :class:`GradientTransformState`; regularizers
+:class:`Regularizer` / :class:`RegularizerState`; stages :class:`Stage`.
 
 Step modes: a sampler produces either one task per optimizer step (``"one-task"``) or a batch
 of every task per step (``"all-tasks"``). Loss combiners and gradient transforms that compare
@@ -88,7 +98,15 @@ class EncodedExamples:
 # --------------------------------------------------------------------------- contracts
 @runtime_checkable
 class InputFormat(Protocol):
-    """How examples of a task become encoder inputs and encoder outputs become Features."""
+    """How examples of a task become encoder inputs and encoder outputs become Features.
+
+    Optional class attribute ``default_for``: the task input kinds (``"single"``, ``"pair"``)
+    this format serves when a recipe names none (one installed format per kind; the builtins:
+    ``single`` and ``separate-pair``).
+    """
+
+    num_sequences: int
+    """How many feature sets :meth:`encode` gives (``Features.num_sequences``): heads size their input by it."""
 
     def check(self, task: Any) -> str | None:
         """A one-line reason if this format cannot serve ``task`` (e.g. a pair format on SST)."""
@@ -124,10 +142,31 @@ class HeadModule(Protocol):
 
 
 class Head(Protocol):
-    def build(self, hidden_size: int, task: Any, input_format: str) -> nn.Module: ...
+    """A task head's options class. Optional class attribute ``default_for``: the task input
+    kinds it serves when a recipe names no head (the builtin ``linear``: both)."""
+
+    def check(self, task: Any, input_format: InputFormat | None) -> str | None:
+        """Optional: a one-line reason if this head cannot serve ``task`` given through
+        ``input_format`` (None when the recipe's input format is itself invalid)."""
+
+    def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
+        """A :class:`HeadModule` for ``task`` fed by ``input_format`` (its ``num_sequences``
+        says how many feature sets ``forward`` receives)."""
+
+
+class ChecksTasks(Protocol):
+    """Options of samplers, loss combiners, gradient transforms and regularizers may name tasks."""
+
+    def check_tasks(self, task_names: list[str]) -> str | None:
+        """Optional: a one-line reason if the options name a task the recipe does not train
+        (``loop.to``, ``weights = {...}``), or None. The recipe validator calls it with the
+        recipe's task names, before any work starts."""
 
 
 class SamplerState(Protocol):
+    """What a sampler's ``build`` returns: the plan of every epoch, from its own seeded generator
+    (subclass :class:`mtbert.engine.sampling.SeededSampler`)."""
+
     step_mode: StepMode
 
     def steps_per_epoch(self) -> int:
@@ -139,13 +178,18 @@ class SamplerState(Protocol):
     def batches_per_epoch(self) -> dict[str, int]:
         """How many batches each task gives in one epoch (documented and tested per sampler)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state (and anything else the next epochs' plans depend on)."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on ``--resume``."""
 
 
-class Sampler(Protocol):
+class Sampler(ChecksTasks, Protocol):
+    """A sampler's options class: which task or tasks give the next batch."""
+
     step: StepMode
+    """An option: ``"one-task"`` or ``"all-tasks"`` steps (a sampler may refuse one of them)."""
 
     def build(self, batches: dict[str, int], seed: int, epochs: int) -> SamplerState:
         """``batches``: each task's batch count for one full pass over its training data;
@@ -166,17 +210,30 @@ class Combined:
 
 
 class LossCombinerState(Protocol):
-    def combine(self, losses: dict[str, torch.Tensor]) -> Combined: ...
+    """What a loss combiner's ``build`` returns. Optional members: ``end_epoch()``,
+    ``parameters()`` and ``lr``."""
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> Combined:
+        """Per-task losses of this step (global values under data parallelism) to each task's
+        weighted contribution, the weights (logged) and extra logs; the engine backpropagates
+        ``Combined.total``."""
 
     def after_step(self) -> None:
         """Called after each optimizer step (GradNorm renormalises its weights here)."""
 
     def end_epoch(self) -> None:
-        """Optional: called at the end of every training epoch, before evaluation (DWA)."""
+        """Optional: called at the end of every training epoch, before evaluation, in every
+        process (DWA closes its epoch averages here)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def parameters(self) -> list[nn.Parameter]:
+        """Optional: learned weights the run's optimizer trains (uncertainty weighting), at the
+        learning rate ``lr`` when the object has one."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the weights depend on, saved in checkpoints."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on ``--resume``."""
 
 
 class StatelessCombiner:
@@ -192,8 +249,11 @@ class StatelessCombiner:
         pass
 
 
-class LossCombiner(Protocol):
+class LossCombiner(ChecksTasks, Protocol):
+    """A loss combiner's options class: per-task losses to the total that is backpropagated."""
+
     requires_step_mode: StepMode | None
+    """Class attribute: ``"all-tasks"`` when it compares tasks within a step (GradNorm), else None."""
 
     def build(self, task_names: list[str], model: nn.Module) -> LossCombinerState:
         """``model`` is the :class:`~mtbert.engine.model.MultitaskModel`: ``model.shared_parameters()``,
@@ -201,19 +261,38 @@ class LossCombiner(Protocol):
 
 
 class GradientTransformState(Protocol):
+    """What a gradient transform's ``build`` returns. Optional: ``state_dict``/``load_state_dict``
+    when it keeps state (PCGrad's generator), saved in checkpoints."""
+
     needs: GradientNeeds
 
     def apply(self, grads: Any, *, tasks: list[str]) -> Any:
         """``per-task``: ``[T, P]`` in, ``[P]`` or ``[T, P]`` out; ``summed``: ``[P]`` -> ``[P]``;
         ``parameters``: a list of parameters whose ``.grad`` it edits in place (returns None)."""
 
-    def logs(self) -> dict[str, float]: ...
+    def logs(self) -> dict[str, float]:
+        """Values to log after the step (e.g. how many conflicts PCGrad projected)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optional: its state, saved in checkpoints."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Optional: restore :meth:`state_dict` on ``--resume``."""
 
 
-class GradientTransform(Protocol):
+class GradientTransform(ChecksTasks, Protocol):
+    """A gradient transform's options class: applied between backward and the optimizer step,
+    on the shared parameters' gradients, after the all-reduce under data parallelism. Per-task
+    transforms come first in a recipe's list."""
+
     requires_step_mode: StepMode | None
+    """Class attribute: ``"all-tasks"`` when it needs a batch of every task per step (PCGrad)."""
 
-    def build(self, shared_parameters: list[nn.Parameter]) -> GradientTransformState: ...
+    needs: GradientNeeds
+    """Class attribute: ``"per-task"``, ``"summed"`` or ``"parameters"`` (see ``apply``)."""
+
+    def build(self, shared_parameters: list[nn.Parameter]) -> GradientTransformState:
+        """``shared_parameters``: the encoder's trainable parameters (heads are task-specific)."""
 
 
 @attrs.define
@@ -228,22 +307,52 @@ class PenaltyContext:
 
 
 class RegularizerState(Protocol):
+    """What a regularizer's ``build`` returns. Optional: ``after_step``, ``state_dict`` and
+    ``load_state_dict``."""
+
     def setup(self, model: Any) -> None:
-        """Once, before training: wrap or change modules (mixout)."""
+        """Once, before training and before a resumed run loads its weights: wrap or change
+        modules (mixout)."""
 
     def penalty(self, context: PenaltyContext) -> torch.Tensor | None:
-        """An extra loss term for this task's batch, or None."""
+        """An extra loss term for this task's batch (under the run's autocast), or None."""
 
-    def logs(self) -> dict[str, float]: ...
+    def logs(self) -> dict[str, float]:
+        """Values to log after the step."""
+
+    def after_step(self) -> None:
+        """Optional: called after every optimizer step (SMART's Bregman average)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optional: its state, saved in checkpoints."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Optional: restore :meth:`state_dict` on ``--resume`` (after ``setup`` and the weights)."""
 
 
-class Regularizer(Protocol):
-    def build(self) -> RegularizerState: ...
+class Regularizer(ChecksTasks, Protocol):
+    """A regularizer's options class: extra loss terms, or one-time changes to modules."""
+
+    def build(self) -> RegularizerState:
+        """A fresh regularizer for this run."""
 
 
 class Stage(Protocol):
-    def run(self, run: Any, index: int, name: str) -> dict[str, float]:
-        """Train ``run.model`` in place; ``index`` is the stage's position in the recipe."""
+    """A training stage's options class.
+
+    ``data_parallel``: class attribute, True when the stage trains correctly under torchrun
+    (it shares its batches between processes); a recipe using any other stage is refused in a
+    multi-process run.
+    """
+
+    data_parallel: bool
+
+    def run(self, run: Any, index: int, name: str, resume: dict[str, Any] | None) -> dict[str, float]:
+        """Train ``run.model`` in place and return the stage's final metrics. ``index`` is the
+        stage's position in the recipe, ``name`` its registered name. ``resume`` is None unless
+        the run resumes inside this stage: then it is the ``state_dict()`` of the object the stage
+        last gave ``run.save_last(...)`` (which holds ``stage_index``); the engine skips the
+        stages before it and gives the later ones None."""
 
 
 def no_logs() -> dict[str, float]:

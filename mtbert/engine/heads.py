@@ -1,4 +1,4 @@
-"""Building blocks every head plugin shares: pooling, pair features, task losses.
+"""Building blocks every head plugin shares: pooling, pair features, MLP layers, task losses.
 
 A head plugin subclasses :class:`TaskHeadModule` and writes only ``forward``; the loss and
 the mapping from raw outputs to task labels follow from the task's label kind:
@@ -20,6 +20,54 @@ from mtbert.engine.components import Features
 
 Pooling = Literal["pooler", "cls", "mean"]
 PairPart = Literal["u", "v", "abs-diff", "product"]
+Activation = Literal["relu", "leaky_relu", "gelu", "tanh"]
+
+
+def activation_module(name: str, negative_slope: float = 0.01) -> nn.Module:
+    """The activation a head option names."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    if name == "gelu":
+        return nn.GELU()
+    if name == "tanh":
+        return nn.Tanh()
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def dropout_list(dropout: float | Sequence[float], layers: int) -> list[float]:
+    """One dropout probability per Linear layer, from one number or a list of ``layers`` numbers."""
+    if isinstance(dropout, (int, float)):
+        return [float(dropout)] * layers
+    values = [float(p) for p in dropout]
+    if len(values) != layers:
+        raise ValueError(f"dropout needs 1 or {layers} numbers, got {len(values)}")
+    return values
+
+
+def check_dropout(dropout: float | Sequence[float], hidden: Sequence[int]) -> str | None:
+    """A reason why ``dropout`` does not fit an MLP with these hidden sizes, or None."""
+    if isinstance(dropout, (int, float)):
+        return None
+    layers = len(hidden) + 1
+    if len(dropout) != layers:
+        return (f"dropout has {len(dropout)} numbers; give one, or one per Linear layer "
+                f"({layers} for hidden = {list(hidden)})")
+    return None
+
+
+def build_mlp(width: int, hidden: Sequence[int], out_features: int, activation: str,
+              dropout: float | Sequence[float], negative_slope: float = 0.01) -> nn.Sequential:
+    """``dropout -> Linear -> act`` per hidden size, then ``dropout -> Linear(out_features)``."""
+    rates = dropout_list(dropout, len(hidden) + 1)
+    layers: list[nn.Module] = []
+    for size, rate in zip(hidden, rates):
+        layers += [nn.Dropout(rate), nn.Linear(width, size), activation_module(activation, negative_slope)]
+        width = size
+    layers += [nn.Dropout(rates[-1]), nn.Linear(width, out_features)]
+    return nn.Sequential(*layers)
+
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -52,13 +100,9 @@ def pooled_input(features: Features, how: Pooling, parts: Sequence[str]) -> torc
     return pair_features(pool(features, 0, how), pool(features, 1, how), parts)
 
 
-def input_width(hidden_size: int, input_format_sequences: int, parts: Sequence[str]) -> int:
-    return hidden_size if input_format_sequences == 1 else hidden_size * len(parts)
-
-
-def sequences_of(input_format: str) -> int:
-    """How many feature sets an input format gives (only ``separate-pair`` gives two)."""
-    return 2 if input_format == "separate-pair" else 1
+def input_width(hidden_size: int, num_sequences: int, parts: Sequence[str]) -> int:
+    """Width of :func:`pooled_input` for an input format giving ``num_sequences`` feature sets."""
+    return hidden_size if num_sequences == 1 else hidden_size * len(parts)
 
 
 class TaskHeadModule(nn.Module):

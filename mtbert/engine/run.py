@@ -336,7 +336,7 @@ def weights_sha1(model: torch.nn.Module) -> str:
 
 def build_model(recipe: Recipe, encoder: Any, tasks: dict[str, TaskData]) -> MultitaskModel:
     heads = {
-        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.name)
+        name: task_recipe.head.options.build(encoder.config.hidden_size, task_recipe.spec, task_recipe.input.options)
         for name, task_recipe in recipe.tasks.items()
     }
     formats = {name: task_recipe.input.options for name, task_recipe in recipe.tasks.items()}
@@ -560,9 +560,11 @@ def _run_recipe(
             run.hook.mtbert_on_run_start(run=run)
             for index, stage in enumerate(recipe.stages):
                 run.stage_index = index
-                if resume_state is not None and index < resume_state["trainer"]["stage_index"]:
+                saved = resume_state["trainer"] if resume_state is not None else None
+                if saved is not None and index < saved["stage_index"]:
                     continue
-                stage.options.run(run, index, stage.name)
+                own = saved if saved is not None and saved["stage_index"] == index else None  # its own resume state
+                stage.options.run(run, index, stage.name, own)
         status = "finished"
         if job.world_size > 1:
             hashes = job.gather_object(weights_sha1(run.model))

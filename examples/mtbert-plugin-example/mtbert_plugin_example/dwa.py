@@ -23,12 +23,11 @@ How it fits mtbert's training loop:
   batch of it, so any sampler works (one-task or all-tasks steps; ``requires_step_mode = None``).
 * The averages are of the losses the combiner receives: the task's loss plus the terms
   regularizers add for it, as every mtbert loss combiner sees them.
-* An epoch ends with ``end_epoch()``: the engine calls it after the last step of every epoch when
-  it supports it; with an mtbert that does not, this plugin's ``mtbert_on_evaluate`` hook (called
-  after the dev evaluation that ends each epoch) calls it for the combiner built for the run's
-  model. The combiner ignores the hook once the engine has called it, so an epoch is never
-  closed twice. (Under data parallelism the hook runs in the main process only, so multi-process
-  training needs an engine that calls ``end_epoch()`` itself.)
+* An epoch ends with ``end_epoch()``, which the engine calls after the last step of every
+  training epoch, before the dev evaluation (the loss-combiner contract in
+  ``mtbert.api.LossCombinerState``): the epoch's averages become history and the next epoch's
+  weights follow. Every process calls it under data parallelism, and the loss values a combiner
+  receives are already global, so all processes keep the same weights.
 * A task that had no batch in one of the two epochs compared, or whose earlier average is 0,
   gets the neutral ratio 1.
 * ``state_dict()`` holds the weights, the last two epoch averages and the running sums, so a run
@@ -41,19 +40,12 @@ the ``w_k(t-1)`` behind the current weights.
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any
 
 import attrs
 import torch
 
-from mtbert import hookimpl
-from mtbert.engine.components import Combined
-from mtbert.schema import option
-
-#: The DWA combiner of each model being trained (what the evaluation hook closes epochs of).
-_COMBINERS: "weakref.WeakKeyDictionary[torch.nn.Module, DWACombiner]" = weakref.WeakKeyDictionary()
-
+from mtbert.api import Combined, hookimpl, option
 
 def dwa_weights(previous: dict[str, float], earlier: dict[str, float], tasks: list[str],
                 temperature: float) -> tuple[dict[str, float], dict[str, float]]:
@@ -85,7 +77,6 @@ class DWACombiner:
         self.sums = {task: 0.0 for task in self.tasks}
         self.counts = {task: 0 for task in self.tasks}
         self.epochs = 0
-        self.engine_driven = False
 
     # ---------------------------------------------------------------- mtbert's contract
     def combine(self, losses: dict[str, torch.Tensor]) -> Combined:
@@ -104,12 +95,8 @@ class DWACombiner:
     def after_step(self) -> None:
         pass  # the weights change once per epoch
 
-    def end_epoch(self, *, from_hook: bool = False) -> None:
+    def end_epoch(self) -> None:
         """Close the epoch: its average losses become history, and the next epoch's weights follow."""
-        if from_hook and self.engine_driven:
-            return
-        if not from_hook:
-            self.engine_driven = True
         averages = {task: self.sums[task] / self.counts[task] for task in self.tasks if self.counts[task]}
         self.history = (self.history + [averages])[-2:]
         self.sums = {task: 0.0 for task in self.tasks}
@@ -122,7 +109,7 @@ class DWACombiner:
         return {
             "tasks": list(self.tasks), "weights": dict(self.weights), "ratios": dict(self.ratios),
             "history": [dict(h) for h in self.history], "sums": dict(self.sums), "counts": dict(self.counts),
-            "epochs": self.epochs, "engine_driven": self.engine_driven,
+            "epochs": self.epochs,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,7 +121,6 @@ class DWACombiner:
         self.sums = {t: float(v) for t, v in state["sums"].items()}
         self.counts = {t: int(v) for t, v in state["counts"].items()}
         self.epochs = int(state["epochs"])
-        self.engine_driven = bool(state["engine_driven"])
 
 
 @attrs.define
@@ -147,19 +133,10 @@ class DWA:
     requires_step_mode = None  # epoch averages: any sampler works
 
     def build(self, task_names: list[str], model: torch.nn.Module) -> DWACombiner:
-        combiner = DWACombiner(self.temperature, list(task_names))
-        _COMBINERS[model] = combiner  # the latest stage's combiner is the one training this model
-        return combiner
+        return DWACombiner(self.temperature, list(task_names))
 
 
 @hookimpl
 def mtbert_register_loss_combiners(register):
     register("dwa", DWA)
 
-
-@hookimpl
-def mtbert_on_evaluate(run):
-    """An epoch of a multitask stage ended (its dev evaluation follows every epoch): close it."""
-    combiner = _COMBINERS.get(run.model)
-    if combiner is not None:
-        combiner.end_epoch(from_hook=True)
