@@ -71,8 +71,6 @@ from mtbert.engine.sampling import (
     unknown_task,
 )
 from mtbert.engine.seeding import derive_seed
-from mtbert.engine.batches import pack_batches, plan_batches, unpack_batches
-from mtbert.engine.optim import adamw, build_scheduler, decay_groups, lr_lambda
 from mtbert.engine.trainer import MultitaskTrainer
 from mtbert.errors import CheckpointError, DataError, MtbertError, RecipeError, RunInterrupted
 from mtbert.metrics import confusion_matrix
@@ -81,7 +79,6 @@ from mtbert.model.bert import hidden_activation
 from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
 from mtbert.model.tokenizer import BertTokenizer, pad_batch
 from mtbert.recipe import flatten_recipe, load_recipe
-from mtbert.review_images import confusion_picture
 from mtbert.schema import did_you_mean, option
 
 __all__ = [
@@ -108,5 +105,5 @@ __all__ = [
     "IGNORE_INDEX", "MaskedLMHead", "mask_tokens", "tokenize_unique",
     # errors, evaluation, and recipes (to test a recipe that uses the plugin)
     "MtbertError", "RecipeError", "DataError", "CheckpointError", "confusion_matrix", "load_recipe",
-    "flatten_recipe", "confusion_picture",
+    "flatten_recipe",
 ]

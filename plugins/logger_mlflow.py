@@ -115,10 +115,15 @@ def _warn(run: Any, what: str, exc: BaseException) -> None:
 
 def _open(run: Any, uri: str) -> Session:
     """Start the MLflow run of ``run`` (or reopen it on ``--resume``); records its id in mlflow.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    import mtbert
+    try:
+        mtbert_version = version("mtbert")
+    except PackageNotFoundError:
+        mtbert_version = "unknown"
 
     client = MlflowClient(tracking_uri=uri or None)
     folder = Path(run.folder)
@@ -133,7 +138,7 @@ def _open(run: Any, uri: str) -> Session:
     experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(experiment_name)
     created = client.create_run(experiment_id, run_name=folder.name, tags={
         "mtbert.folder": str(folder.resolve()), "mtbert.recipe_source": str(run.recipe.source or ""),
-        "mtbert.version": mtbert.__version__,
+        "mtbert.version": mtbert_version,
     })
     session = Session(client, created.info.run_id, folder)
     tracking_uri = uri or mlflow.get_tracking_uri()

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from mtbert import hookimpl
-from mtbert import review_images as images
 from mtbert.metrics import confusion_matrix
 from mtbert_plugins import review_tensorboard as review
 from conftest import random_tiny_recipe
@@ -221,7 +220,7 @@ def test_confusion_images_for_classification_tasks_only_and_they_show_the_dev_pr
             matrix = confusion_matrix(output["predictions"], output["labels"], classes)
             assert int(matrix.sum()) == 48  # every dev row of the slice, in one cell
             assert decoded.shape == (event.height, event.width, 3)
-            expected = images.confusion_picture(matrix, names, f"{task} dev, {when}")
+            expected = review.confusion_picture(matrix, names, f"{task} dev, {when}")
             assert np.array_equal(decoded, expected.numpy())
 
 
@@ -239,7 +238,7 @@ def test_text_summaries_of_recipe_and_plugins(reviewed_run):
 # --------------------------------------------------------------------------- drawing and flattening
 def test_confusion_image_cells_are_coloured_by_row_fraction_and_carry_their_count():
     matrix = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 2, 4]])
-    image = images.confusion_image(matrix, scale=2)
+    image = review.confusion_image(matrix, scale=2)
     classes = 3
     cell = 36  # the smallest cell; counts have one digit
     margin = cell // 2 + 4
@@ -253,7 +252,7 @@ def test_confusion_image_cells_are_coloured_by_row_fraction_and_carry_their_coun
             background = torch.tensor([255, 255, 255]) + (torch.tensor([8, 48, 107]) - 255) * fractions[i][j]
             assert torch.equal(block[1, 1], background.round().to(torch.uint8))  # a corner without ink
             ink = (block != block[1, 1]).any(dim=-1)
-            glyph = images.text_mask(str(int(matrix[i, j])), 2)
+            glyph = review.text_mask(str(int(matrix[i, j])), 2)
             assert int(ink.sum()) == int(glyph.sum())  # the count is drawn, at scale 2
             rows, cols = ink.nonzero(as_tuple=True)
             drawn = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
@@ -265,10 +264,10 @@ def test_confusion_image_cells_are_coloured_by_row_fraction_and_carry_their_coun
 
 
 def test_digit_glyphs_are_distinct_and_wide_counts_fit_their_cell():
-    masks = {d: images.text_mask(d, 1) for d in "0123456789"}
+    masks = {d: review.text_mask(d, 1) for d in "0123456789"}
     assert len({m.numpy().tobytes() for m in masks.values()}) == 10
-    assert images.text_mask("12", 3).shape == (15, 21)
-    image = images.confusion_image(torch.tensor([[40000, 1], [2, 123456]]))
+    assert review.text_mask("12", 3).shape == (15, 21)
+    image = review.confusion_image(torch.tensor([[40000, 1], [2, 123456]]))
     cell = (4 * 6 - 1) * 2 + 8
     assert image.shape[0] == cell // 2 + 4 + 2 * cell
 
@@ -367,17 +366,17 @@ def test_tensorboard_names_runs_by_folder_and_lists_the_differing_hparams_first(
 
 def test_confusion_figure_has_axis_titles_class_names_and_counts():
     matrix = torch.tensor([[3, 1], [0, 5]])
-    fig = images.confusion_figure(matrix, ("not paraphrase", "paraphrase"), "para dev")
+    fig = review.confusion_figure(matrix, ("not paraphrase", "paraphrase"), "para dev")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "predicted class" and ax.get_ylabel() == "true class"
     assert ax.get_title() == "para dev"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0 not paraphrase", "1 paraphrase"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0 not paraphrase", "1 paraphrase"]
     assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "3", "5"]
-    pixels = images.figure_pixels(fig)
+    pixels = review.figure_pixels(fig)
     assert pixels.dtype == torch.uint8 and pixels.shape[2] == 3 and pixels.shape[0] > 200
     # without names the ticks are the class ids
-    ax = images.confusion_figure(torch.eye(3, dtype=torch.long)).axes[0]
+    ax = review.confusion_figure(torch.eye(3, dtype=torch.long)).axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
 
 
@@ -386,7 +385,7 @@ def test_without_matplotlib_the_confusion_picture_is_the_built_in_heat_map(monke
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     matrix = torch.tensor([[3, 1], [2, 4]])
-    assert torch.equal(images.confusion_picture(matrix, ("a", "b"), "t"), images.confusion_image(matrix))
+    assert torch.equal(review.confusion_picture(matrix, ("a", "b"), "t"), review.confusion_image(matrix))
 
 
 def test_class_names_must_match_the_number_of_classes():

@@ -96,15 +96,6 @@ def registered_options(plugins: Any, kind: str, name: str) -> Any:
     return component.factory()
 
 
-def default_name(plugins: Any, kind: str, spec: Any) -> str:
-    """The registered default input format or head for the task's input kind, as recipes choose it."""
-    found = plugins.registry.defaults(kind, spec.input_kind)
-    if len(found) != 1:
-        raise LookupError(f"{len(found)} {kind.replace('_', ' ')}s declare themselves the default for "
-                          f"{spec.input_kind} tasks: {[c.name for c in found]}")
-    return found[0].name
-
-
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run on one intra-op CPU thread, then restore the count: tiny tensors run fastest so, and far
