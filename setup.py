@@ -39,6 +39,11 @@ BUILTIN_PLUGINS = {
     "regularizer-smart": "regularizer_smart",
     "regularizer-mixout": "regularizer_mixout",
     "regularizer-norm-penalty": "regularizer_norm_penalty",
+    "regularizer-rdrop": "regularizer_rdrop",
+    "regularizer-cosent": "regularizer_cosent",
+    "regularizer-label-smoothing": "regularizer_label_smoothing",
+    "optim-llrd": "optim_llrd",
+    "average-ema": "average_ema",
 }
 
 setup(

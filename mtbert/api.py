@@ -25,6 +25,8 @@ from mtbert.engine.components import (
     InputFormat,
     LossCombiner,
     LossCombinerState,
+    OptimizerGroups,
+    OptimizerGroupsState,
     PenaltyContext,
     Regularizer,
     RegularizerState,
@@ -33,6 +35,8 @@ from mtbert.engine.components import (
     Stage,
     StatelessCombiner,
     StepMode,
+    WeightAverage,
+    WeightAverageState,
 )
 from mtbert.engine.device import autocast, use_fused_adamw
 from mtbert.engine.distributed import reduce_mean, reduce_sum, world_size
@@ -80,6 +84,7 @@ __all__ = [
     # the contracts (Protocols) and what flows between engine and plugins
     "InputFormat", "Head", "HeadModule", "ChecksTasks", "Sampler", "SamplerState", "LossCombiner", "LossCombinerState",
     "GradientTransform", "GradientTransformState", "Regularizer", "RegularizerState", "Stage",
+    "OptimizerGroups", "OptimizerGroupsState", "WeightAverage", "WeightAverageState",
     "Batch", "EncodedExamples", "Features", "Combined", "PenaltyContext", "StepMode", "GradientNeeds",
     "StatelessCombiner",
     # input formats and heads

@@ -232,7 +232,8 @@ def plugins(kind: str | None, as_json: bool) -> None:
             status = f"  FAILED: {p['error']}" if p["error"] else ""
             click.echo(f"  {p['name']} ({p['distribution']} {p['version']}) hooks: {', '.join(p['hooks']) or '-'}{status}")
     for kind_, entries in report["components"].items():
-        click.echo(f"\n{kind_.replace('_', ' ')}s:")
+        label = kind_.replace("_", " ")
+        click.echo(f"\n{label if label.endswith('s') else label + 's'}:")
         if not entries:
             click.echo("  (none)")
         for entry in entries:
@@ -319,21 +320,26 @@ def predict(run_dir: Path, task_name: str, input_path: Path, output_path: Path, 
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--baseline", type=click.Path(file_okay=False, path_type=Path), help="Run whose scores the deltas are against.")
-@click.option("--format", "fmt", type=click.Choice(["markdown", "csv"]), default="markdown", show_default=True)
+@click.option("--baseline", type=click.Path(file_okay=False, path_type=Path), help="Run whose row the changes (with 95% intervals) are against.")
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "json"]), default="markdown", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG of dev mean per epoch.")
+@click.option("--resamples", type=click.IntRange(min=100), default=10_000, show_default=True,
+              help="Bootstrap resamples of the intervals against --baseline.")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (same seed, same intervals).")
 @guard
-def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_path: Path | None) -> None:
-    """Compare runs: the recipe values that differ, best dev scores, deltas, wall time."""
+def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_path: Path | None, resamples: int,
+            bootstrap_seed: int) -> None:
+    """Compare runs: replicates pooled (n, mean ± std), changes against --baseline with 95% intervals."""
     from mtbert.compare import compare as build_table, plot
 
     folders = [p for p in run_dirs if p.is_dir()]
-    table, records = build_table(folders, baseline)
+    table, records = build_table(folders, baseline, plugins=_plugins(), resamples=resamples, seed=bootstrap_seed)
     table.skipped = [f"{p}: not a folder" for p in run_dirs if not p.is_dir()] + table.skipped
-    click.echo(table.markdown() if fmt == "markdown" else table.csv(), nl=False)
+    text = {"markdown": table.markdown, "csv": table.csv, "json": table.json}[fmt]()
+    click.echo(text, nl=False)
     if fmt == "csv":  # the Markdown table lists them under itself; CSV must stay parseable
-        for skipped in table.skipped:
-            click.echo(f"skipped {skipped}", err=True)
+        for line in [*table.notes, *(f"skipped {s}" for s in table.skipped)]:
+            click.echo(line, err=True)
     if plot_path is not None:
         try:
             plot(records, plot_path)
@@ -346,19 +352,22 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
 @recipe_argument
 @click.option("--grid", "grid", multiple=True, metavar="KEY.PATH=V1,V2",
               help="Values to sweep, read like --set values, e.g. --grid optim.lr=2e-5,5e-5 (repeatable: the product).")
+@click.option("--seeds", metavar="N|S1,S2,..",
+              help="Run every variant once per seed: a count (the recipe's seed, then 1, 2, ...) or a list; compare pools them.")
 @click.option("--optuna", "trials", type=click.IntRange(min=1), metavar="N",
               help="Search N trials with Optuna over the recipe's [sweep.space] ranges instead of a grid.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sweep folder holding one run folder per variant (default runs/sweep-<name>).")
 @set_option
 @guard
-def sweep(recipe: str, grid: tuple[str, ...], trials: int | None, out: Path | None, overrides: tuple[str, ...]) -> None:
-    """Run RECIPE's variants one after another, then print their compare table."""
+def sweep(recipe: str, grid: tuple[str, ...], seeds: str | None, trials: int | None, out: Path | None,
+          overrides: tuple[str, ...]) -> None:
+    """Run RECIPE's variants (times --seeds) one after another, then print their compare table."""
     from mtbert.shipped import resolve_recipe
     from mtbert.sweep import run_sweep
 
     result = run_sweep(resolve_recipe(recipe), list(grid), list(overrides), out=out, trials=trials, plugins=_plugins(),
-                       say=click.echo, warn=_warn)
+                       say=click.echo, warn=_warn, seeds=seeds)
     click.echo(result.table.markdown(), nl=False)
     if result.failed:
         names = ", ".join(v.folder.name for v in result.failed)

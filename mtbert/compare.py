@@ -1,8 +1,11 @@
 """``mtbert compare``: the seeds' ablation table, built from run folders.
 
-One row per run: its name, the recipe values that differ between the compared runs, the best
-dev scores (SST accuracy, paraphrase accuracy, STS Pearson r, mean), their deltas against a
-baseline run, and the wall time. Folders that cannot be read or have no evaluation yet are
+One row per recipe: its name, the recipe values that differ between the rows, ``n`` (how many
+runs: finished runs whose recipes differ only in ``seed`` are pooled into one row, see
+:mod:`mtbert.replicates`), the best dev scores (SST accuracy, paraphrase accuracy, STS Pearson r,
+mean) as mean ± standard deviation over those runs, their changes against a baseline row with a
+95% bootstrap interval (:mod:`mtbert.bootstrap`, from the dev predictions in the run folders),
+and the wall time. Folders that cannot be read or have no evaluation yet are
 listed under the table rather than stopping the command.
 
 Which recipe values get a column: every key (``optim.lr``, ``sampler.step``,
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
+from mtbert.replicates import Row
 
 MAIN_METRICS = ("sst_acc", "para_acc", "sts_pearson", "mean")
 HEADERS = {"sst_acc": "SST acc", "para_acc": "Para acc", "sts_pearson": "STS r", "mean": "mean",
@@ -142,29 +147,57 @@ def _clock(seconds: float | None) -> str:
 
 @attrs.define
 class Table:
+    """The table as Markdown cells (``headers``/``rows``) and as machine-readable ``data`` (CSV, JSON)."""
+
     headers: list[str]
     rows: list[list[str]]
     skipped: list[str]
+    fields: list[str] = attrs.field(factory=list)
+    data: list[dict[str, Any]] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
 
     def markdown(self) -> str:
         lines = ["| " + " | ".join(self.headers) + " |", "| " + " | ".join("---" for _ in self.headers) + " |"]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        if self.notes:
+            lines.append("")
+            lines += [f"- {n}" for n in self.notes]
         if self.skipped:
             lines.append("")
             lines += [f"- skipped {s}" for s in self.skipped]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
+        """Columns ``run``, the differing keys, ``n``, ``<score>``, ``<score>_std``, ``delta_<score>``..."""
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(self.headers)
-        writer.writerows(self.rows)
+        writer.writerow(self.fields)
+        writer.writerows([["" if row.get(f) is None else row.get(f) for f in self.fields] for row in self.data])
         return out.getvalue()
 
+    def json(self) -> str:
+        """The CSV's rows as objects (``null`` for no value), with the notes and skipped folders."""
+        rows = [{f: row.get(f) for f in self.fields} for row in self.data]
+        return json.dumps({"rows": rows, "notes": self.notes, "skipped": self.skipped}, indent=2) + "\n"
 
-def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[str, ...] = MAIN_METRICS) -> tuple[Table, list[RunRecord]]:
+
+def _score(row: Row, metric: str) -> str:
+    mean, std = row.mean(metric), row.std(metric)
+    if mean is None:
+        return "—"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _delta(change: float, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return f"{change:+.3f}"
+    low, high = interval
+    text = f"{change:+.3f} [{low:+.3f}, {high:+.3f}]"
+    return f"**{text}**" if low > 0 or high < 0 else text  # the interval excludes 0: a measured change
+
+
+def _read(folders: list[Path], baseline: Path | None, skipped: list[str]) -> tuple[list[RunRecord], RunRecord | None]:
     records: list[RunRecord] = []
-    skipped: list[str] = []
     for folder in folders:
         try:
             record = read_run(folder)
@@ -189,24 +222,85 @@ def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[st
                     base = None
                 else:
                     records.insert(0, base)
-    keys = differing_keys(records)
+    return records, base
+
+
+def compare(folders: list[Path], baseline: Path | None = None, metrics: tuple[str, ...] = MAIN_METRICS, *,
+            plugins: Any = None, resamples: int = 10_000, seed: int = 0) -> tuple[Table, list[RunRecord]]:
+    """The compare table: replicates pooled into rows, deltas with bootstrap intervals against ``baseline``."""
+    from mtbert.replicates import pool
+
+    skipped: list[str] = []
+    records, base = _read(folders, baseline, skipped)
+    rows = pool(records, _flatten)
+    base_row = next((r for r in rows if base is not None and base in r.records), None)
+    keys = [k for k in differing_keys([r.first for r in rows]) if k != "seed"]
     shown = [m for m in metrics if any(m in r.best["dev"] for r in records)]
-    headers = ["run", *keys, *(HEADERS.get(m, m) for m in shown)]
-    if base is not None and base.best is not None:
+    intervals, notes = _intervals(rows, base_row, shown, plugins, resamples, seed) if base_row else ({}, [])
+    headers = ["run", *keys, "n", *(HEADERS.get(m, m) for m in shown)]
+    fields = ["run", *keys, "n", *(f for m in shown for f in (m, f"{m}_std"))]
+    if base_row is not None:
         headers += [f"Δ {HEADERS.get(m, m)}" for m in shown]
+        fields += [f for m in shown for f in (f"delta_{m}", f"delta_{m}_ci_low", f"delta_{m}_ci_high")]
+        fields += ["ci_resampled"]
     headers += ["best epoch", "wall time", "status"]
-    rows = []
-    for r in records:
-        flat = _flatten(r.recipe)
-        row = [r.name, *(_fmt(flat.get(k)) for k in keys)]
-        dev = r.best["dev"]
-        row += [f"{dev[m]:.3f}" if m in dev else "—" for m in shown]
-        if base is not None and base.best is not None:
-            bdev = base.best["dev"]
-            row += [f"{dev[m] - bdev[m]:+.3f}" if m in dev and m in bdev else "—" for m in shown]
-        row += [str(r.best.get("epoch", "—")), _clock(r.seconds), r.status]
-        rows.append(row)
-    return Table(headers=headers, rows=rows, skipped=skipped), records
+    fields += ["best_epoch", "wall_seconds", "status"]
+    cells, data = [], []
+    for index, row in enumerate(rows):
+        flat = _flatten(row.first.recipe)
+        line = [row.name, *(_fmt(flat.get(k)) for k in keys), str(row.n), *(_score(row, m) for m in shown)]
+        item: dict[str, Any] = {"run": row.name, **{k: flat.get(k) for k in keys}, "n": row.n}
+        for m in shown:
+            item[m], item[f"{m}_std"] = row.mean(m), row.std(m)
+        if base_row is not None:
+            found = intervals.get(index, {})
+            for m in shown:
+                mean, base_mean = row.mean(m), base_row.mean(m)
+                change = None if mean is None or base_mean is None else mean - base_mean
+                interval = found.get(m)
+                line.append("—" if change is None else _delta(change, interval))
+                item[f"delta_{m}"] = change
+                item[f"delta_{m}_ci_low"], item[f"delta_{m}_ci_high"] = interval if interval else (None, None)
+            item["ci_resampled"] = (None if not found else
+                                    "dev examples" if row.n == 1 and base_row.n == 1 else "seeds and dev examples")
+        line += [row.epochs, _clock(row.seconds), row.status]
+        item.update(best_epoch=row.epochs, wall_seconds=row.seconds, status=row.status)
+        cells.append(line)
+        data.append(item)
+    return Table(headers=headers, rows=cells, skipped=skipped, fields=fields, data=data, notes=notes), records
+
+
+def _intervals(rows: list[Row], base_row: Row, metrics: list[str], plugins: Any, resamples: int,
+               seed: int) -> tuple[dict[int, dict[str, tuple[float, float]]], list[str]]:
+    """Bootstrap 95% intervals of every row's change against ``base_row``, and notes on how they were made."""
+    from mtbert.bootstrap import delta_intervals
+    from mtbert.plugins import get_plugins
+    from mtbert.replicates import aligned, load_row_predictions
+
+    registry = (plugins or get_plugins()).registry
+    predictions, notes = load_row_predictions(rows, registry)
+    base_index = rows.index(base_row)
+    out: dict[int, dict[str, tuple[float, float]]] = {}
+    if base_index not in predictions or not predictions[base_index]:
+        return out, notes
+    for index, row in enumerate(rows):
+        if index == base_index or not predictions.get(index):
+            continue
+        pairs = aligned(predictions[index], predictions[base_index])
+        if not pairs:
+            notes.append(f"{row.name}: no dev examples in common with the baseline: no interval")
+            continue
+        out[index] = delta_intervals({t: p[0] for t, p in pairs.items()}, {t: p[1] for t, p in pairs.items()},
+                                     metrics, resamples=resamples, seed=seed)
+    single = [rows[i].name for i in out if rows[i].n == 1]
+    if out:
+        notes.insert(0, f"Δ: change against {base_row.name} with a 95% bootstrap interval ({resamples} resamples of "
+                        "the seeds of each row and the shared dev examples); **bold**: the interval excludes 0")
+    if base_row.n == 1 or single:
+        names = ", ".join(dict.fromkeys(([base_row.name] if base_row.n == 1 else []) + single))
+        notes.append(f"n = 1 ({names}): one seed, so its interval resamples the dev examples only "
+                     "(run more seeds: mtbert sweep RECIPE --seeds 3)")
+    return out, notes
 
 
 def plot(records: list[RunRecord], path: Path, metric: str = "mean") -> None:

@@ -112,6 +112,34 @@ def mtbert_register_stages(register: Register) -> None:
     """
 
 
+@hookspec
+def mtbert_register_optimizer_groups(register: Register) -> None:
+    """Register optimizer parameter-group rules (``llrd``: layer-wise learning-rate decay).
+
+    Contract: :class:`mtbert.api.OptimizerGroups`; ``build()`` returns a
+    :class:`mtbert.api.OptimizerGroupsState` whose ``apply(model, groups)`` receives the engine's AdamW parameter groups (dicts
+    with ``params``, ``lr``, ``weight_decay`` and ``name``: ``encoder``, ``encoder-no-decay``,
+    ``heads``, ``heads-no-decay``, ``combiner``) and returns the groups to use: split, with
+    other learning rates or weight decay, but holding every parameter exactly once. The
+    learning-rate schedule scales each group's own rate. A recipe lists them under
+    ``[[optimizer_groups]]``; they apply in order.
+    """
+
+
+@hookspec
+def mtbert_register_weight_averages(register: Register) -> None:
+    """Register weight averages evaluated in place of the trained weights (``ema``).
+
+    Contract: :class:`mtbert.api.WeightAverage`; ``build(model)`` returns a
+    :class:`mtbert.api.WeightAverageState` with ``update(model)`` (after every optimizer step), ``weights()`` (the
+    averaged value of each parameter it averages, by ``model.named_parameters()`` name),
+    ``state_dict()``/``load_state_dict()``. At every evaluation the engine puts the averaged
+    weights into the model, evaluates, keeps them as the best checkpoint when they are the best,
+    and puts the trained weights back before training (and ``--resume``) continues. A recipe
+    names one: ``weight_average = { name = "ema", decay = 0.999 }``.
+    """
+
+
 # --------------------------------------------------------------------------- events
 @hookspec
 def mtbert_on_run_start(run: Any) -> None:

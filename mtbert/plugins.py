@@ -52,6 +52,8 @@ KINDS: dict[str, str] = {
     "gradient_transform": "mtbert_register_gradient_transforms",
     "regularizer": "mtbert_register_regularizers",
     "stage": "mtbert_register_stages",
+    "optimizer_groups": "mtbert_register_optimizer_groups",
+    "weight_average": "mtbert_register_weight_averages",
 }
 
 #: How a kind is spelled in messages ("unknown loss combiner 'x'").

@@ -144,6 +144,8 @@ class Recipe:
     regularizers: list[ComponentSpec]
     stages: list[ComponentSpec]
     source: str = ""
+    optimizer_groups: list[ComponentSpec] = attrs.field(factory=list)
+    weight_average: ComponentSpec | None = None
 
     def data_dir(self) -> Path:
         return Path(self.data.dir or os.environ.get(DATA_DIR_ENV) or "data")
@@ -166,6 +168,10 @@ class Recipe:
         out["gradient_transforms"] = [c.to_toml() for c in self.gradient_transforms]
         out["regularizers"] = [c.to_toml() for c in self.regularizers]
         out["stages"] = [c.to_toml() for c in self.stages]
+        if self.optimizer_groups:
+            out["optimizer_groups"] = [c.to_toml() for c in self.optimizer_groups]
+        if self.weight_average is not None:
+            out["weight_average"] = self.weight_average.to_toml()
         out["optim"] = unstructure(self.optim)
         out["train"] = unstructure(self.train)
         return out
@@ -179,6 +185,7 @@ TOP_LEVEL = {
     "name", "seed", "description", "include", "requires", "model", "data", "tasks", "sampler",
     "loss_combiner", "gradient_transforms", "regularizers", "stages", "optim", "train",
     "sweep",  # ranges and grids for ``mtbert sweep`` (mtbert.sweep); checked here, ignored by a run
+    "optimizer_groups", "weight_average",
 }
 
 
@@ -518,6 +525,10 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
     transforms = _component_list("gradient_transform", table.get("gradient_transforms"), "gradient_transforms", plugins, problems)
     regularizers = _component_list("regularizer", table.get("regularizers"), "regularizers", plugins, problems)
     stages = _component_list("stage", table.get("stages", [{"name": "multitask"}]), "stages", plugins, problems)
+    optimizer_groups = _component_list("optimizer_groups", table.get("optimizer_groups"), "optimizer_groups", plugins, problems)
+    weight_average = None
+    if table.get("weight_average") is not None:
+        weight_average = resolve_component("weight_average", table["weight_average"], "weight_average", plugins, problems)
     if not stages and "stages" in table:
         problems.add("stages", "a recipe needs at least one stage")
 
@@ -578,6 +589,7 @@ def validate(table: dict[str, Any], plugins: Plugins, *, source: str = "") -> Re
         name=name, seed=seed, description=description, requires=requires, model=model, data=data,
         optim=optim, train=train, tasks=tasks, sampler=sampler, loss_combiner=combiner,
         gradient_transforms=transforms, regularizers=regularizers, stages=stages, source=source,
+        optimizer_groups=optimizer_groups, weight_average=weight_average,
     )
 
 

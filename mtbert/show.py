@@ -43,9 +43,11 @@ def unset_keys(recipe: Any) -> dict[tuple[str, ...], list[tuple[str, str]]]:
         add(("tasks", name, "head"), task.head.options)
     add(("sampler",), recipe.sampler.options)
     add(("loss_combiner",), recipe.loss_combiner.options)
-    for kind in ("gradient_transforms", "regularizers", "stages"):
-        for i, spec in enumerate(getattr(recipe, kind)):
+    for kind in ("gradient_transforms", "regularizers", "stages", "optimizer_groups"):
+        for i, spec in enumerate(getattr(recipe, kind, [])):
             add((kind, str(i)), spec.options)
+    if getattr(recipe, "weight_average", None) is not None:
+        add(("weight_average",), recipe.weight_average.options)
     return out
 
 

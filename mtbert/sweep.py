@@ -447,12 +447,39 @@ def _finish(out: Path, variants: list[Variant], info: dict[str, Any], say: Calla
     return table
 
 
+def parse_seeds(text: str, recipe_seed: int) -> list[int]:
+    """``--seeds``: ``"3"`` -> the recipe's seed then 1, 2, ... (3 in all); ``"11711,1,2"`` -> those seeds.
+
+    A count keeps the recipe's own seed first, so its existing run is one of the replicates.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise RecipeError(f"--seeds {text!r}: expected a count (3) or a comma-separated list of seeds (11711,1,2)") from None
+    if len(values) == 1:
+        count = values[0]
+        if count < 1:
+            raise RecipeError(f"--seeds {text!r}: the count must be at least 1")
+        seeds, candidate = [recipe_seed], 1
+        while len(seeds) < count:
+            if candidate != recipe_seed:
+                seeds.append(candidate)
+            candidate += 1
+        return seeds
+    if any(v < 0 for v in values):
+        raise RecipeError(f"--seeds {text!r}: seeds are integers >= 0")
+    if len(set(values)) != len(values):
+        raise RecipeError(f"--seeds {text!r}: a seed is listed twice")
+    return values
+
+
 def run_sweep(
     recipe_path: Path, grid_texts: list[str], overrides: list[str], *, out: Path | None = None,
     trials: int | None = None, plugins: Any = None, say: Callable[[str], None] = print,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, seeds: str | None = None,
 ) -> SweepResult:
-    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``) or an Optuna search."""
+    """Run a grid sweep (``grid_texts`` and the recipe's ``[sweep.grid]``, times ``seeds``) or an Optuna search."""
     from mtbert.plugins import get_plugins
 
     plugins = plugins or get_plugins()
@@ -462,6 +489,8 @@ def run_sweep(
     out = out or Path("runs") / f"sweep-{base_recipe.name}"
 
     if trials is not None:
+        if seeds is not None:
+            raise MtbertError("--optuna and --seeds: give one of them (repeat the best trial with --seeds afterwards)")
         if grid_texts:
             raise MtbertError("--optuna and --grid: give one of them (a search samples the keys a grid would fix)")
         return _optuna_sweep(recipe_path, overrides, base_recipe, sweep_table, trials, out, plugins, say, warn)
@@ -471,8 +500,12 @@ def run_sweep(
     recipe_grid = [(key, [toml_literal(v) for v in values]) for key, values in (sweep_table.get("grid") or {}).items()
                    if key not in given]
     grid = recipe_grid + grid
+    if seeds is not None:
+        if any(key == "seed" for key, _ in grid):
+            raise RecipeError("--seeds and a grid over seed: give the seeds once (--seeds 11711,1,2)")
+        grid.append(("seed", [str(s) for s in parse_seeds(seeds, base_recipe.seed)]))
     if not grid:
-        raise MtbertError("nothing to sweep: give --grid KEY.PATH=V1,V2, a [sweep.grid] table in the recipe, "
+        raise MtbertError("nothing to sweep: give --grid KEY.PATH=V1,V2, --seeds N, a [sweep.grid] table in the recipe, "
                           "or --optuna N with a [sweep.space] table")
     variants = grid_variants(base_recipe.name, grid, out)
     recipes = preflight(recipe_path, overrides, variants, plugins)

@@ -25,7 +25,11 @@ implementations let ``Lgrad.backward()`` write into the network's ``.grad``):
 * The loss the engine backpropagates uses the *detached* current weights: the network's
   gradients are exactly those of ``sum_i w_i L_i``, and the weights receive no gradient from it.
 * ``L_i(0)`` is each task's unweighted loss the first time it is seen (recorded once; kept
-  across ``--resume`` in ``state_dict``), and the ratios use unweighted losses.
+  across ``--resume`` in ``state_dict``), and the ratios use unweighted losses. Both are the
+  TASK losses alone: the engine passes them through ``observe_task_losses`` before
+  ``combine``, because the losses ``combine`` receives include regularizer terms (SMART's
+  penalty, ...), whose own decay would otherwise pass for the task's training rate. The
+  gradient norms ``G_i`` do use the full per-task objective: it is what the network trains on.
 * Update timing: ``combine`` only accumulates ``grad_w Lgrad``; ``after_step`` (called by the
   engine after the network's optimizer step) applies the Adam step, the floor and the
   renormalisation. So the weights used for a step's network backward are the pre-update ones,
@@ -112,6 +116,11 @@ class GradNormCombiner:
         self.pending = torch.zeros(self.count, device=device)  # sum of grad_w Lgrad since the last update
         self.pending_steps = 0
         self.last_w_grad: torch.Tensor | None = None  # for inspection and tests
+        self.task_losses: dict[str, float] = {}  # this step's losses without regularizer terms
+
+    def observe_task_losses(self, losses: dict[str, float]) -> None:
+        """The step's task losses without regularizer terms (the engine calls this before ``combine``)."""
+        self.task_losses = {t: float(v) for t, v in losses.items()}
 
     # ---------------------------------------------------------------- the contract
     def combine(self, losses: dict[str, torch.Tensor]) -> Combined:
@@ -124,12 +133,14 @@ class GradNormCombiner:
         values = current.tolist()
         weights = {t: values[index[t]] for t in losses}
         logs: dict[str, float] = {}
-        for task, loss in losses.items():
+        plain = {t: self.task_losses.get(t, float(loss.detach())) for t, loss in losses.items()}
+        self.task_losses = {}
+        for task in losses:
             if task not in self.initial:
-                self.initial[task] = float(loss.detach())
+                self.initial[task] = plain[task]
         if (len(losses) == self.count and self.count > 1 and torch.is_grad_enabled()
                 and all(loss.requires_grad for loss in losses.values())):
-            logs.update(self._balance([losses[t] for t in self.tasks]))
+            logs.update(self._balance([losses[t] for t in self.tasks], [plain[t] for t in self.tasks]))
         return Combined(weighted=weighted, weights=weights, logs=logs)
 
     def after_step(self) -> None:
@@ -176,9 +187,9 @@ class GradNormCombiner:
             return torch.linalg.vector_norm(reduce_sum(torch.cat([g.reshape(-1) for g in present])))
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
 
-    def _balance(self, losses: list[torch.Tensor]) -> dict[str, float]:
+    def _balance(self, losses: list[torch.Tensor], plain: list[float]) -> dict[str, float]:
         norms = torch.stack([self._grad_norm(t, loss) for t, loss in zip(self.tasks, losses)])  # [T], no graph
-        loss_now = torch.stack([loss.detach().float() for loss in losses])
+        loss_now = torch.tensor(plain, dtype=torch.float32, device=norms.device)  # task losses alone
         initial = torch.tensor([max(self.initial[t], _TINY_INITIAL_LOSS) for t in self.tasks], device=loss_now.device)
         inverse_rate = loss_now / initial  # Ltilde_i, unweighted
         rates = inverse_rate / inverse_rate.mean()  # r_i

@@ -22,8 +22,10 @@ The logged weight of a task (``Combined.weights``) is the factor on its loss, ``
 ``lr`` (default: none, i.e. the heads' learning rate) is the learning rate the engine should
 give the log-variances' parameter group: at BERT fine-tuning rates (1e-5) Adam moves ``s`` by
 about ``lr`` per step, far too slowly for the weights to adapt, so a larger rate (1e-3 to
-1e-2) is usual. Works in one-task and all-tasks steps (a task absent from a step leaves its
-``s_i`` unchanged).
+1e-2) is usual. Works in one-task and all-tasks steps: each ``s_i`` is its own parameter, so a
+task absent from a step leaves its ``s_i`` without a gradient and AdamW leaves it exactly where
+it is (one shared vector would get a zero gradient there, and Adam's momentum would keep
+moving it).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class UncertaintyCombiner:
         self.tasks = list(task_names)
         self.index = {t: i for i, t in enumerate(self.tasks)}
         self.lr = options.lr
-        self.log_vars = torch.nn.Parameter(torch.full((len(self.tasks),), float(options.init), device=device))
+        self.log_vars = [torch.nn.Parameter(torch.tensor(float(options.init), device=device)) for _ in self.tasks]
         if options.form == "paper":
             # factor on L_i, factor on s_i
             self.scale = [0.5 if r else 1.0 for r in regression]
@@ -52,7 +54,7 @@ class UncertaintyCombiner:
             self.reg = [1.0] * len(self.tasks)
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [self.log_vars]
+        return list(self.log_vars)
 
     def combine(self, losses: dict[str, torch.Tensor]) -> Combined:
         weighted: dict[str, torch.Tensor] = {}
@@ -71,13 +73,15 @@ class UncertaintyCombiner:
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "log_vars": self.log_vars.detach().clone()}
+        return {"tasks": list(self.tasks), "log_vars": torch.stack([s.detach() for s in self.log_vars]).clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["tasks"]) != self.tasks:
             raise ValueError(f"uncertainty state is for tasks {state['tasks']}, not {self.tasks}")
-        with torch.no_grad():  # in place: the optimizer holds this very Parameter
-            self.log_vars.copy_(torch.as_tensor(state["log_vars"]).to(self.log_vars))
+        saved = torch.as_tensor(state["log_vars"])
+        with torch.no_grad():  # in place: the optimizer holds these very Parameters
+            for s, value in zip(self.log_vars, saved):
+                s.copy_(value.to(s))
 
 
 @attrs.define

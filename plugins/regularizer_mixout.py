@@ -7,8 +7,8 @@ In training, each chosen Linear layer computes with
 
     W~ = U + M * (W - U) / (1 - p)
 
-where U are the pretrained weights, captured when the regularizer is set up (before any
-training), and M is a fresh Bernoulli(1 - p) mask per forward pass: where M = 0 the weight is
+where U are the weights the layer had when the stage that trains with the regularizers (the
+``multitask`` stage) started, and M is a fresh Bernoulli(1 - p) mask per forward pass: where M = 0 the weight is
 replaced by its pretrained value, and the rescaling makes E[W~] = W. Dropout is the special
 case U = 0. With ``granularity = "neuron"`` (the paper's mixout and the authors' code) one mask
 value per input unit replaces all of that unit's outgoing weights (a column of W);
@@ -28,7 +28,16 @@ the encoder's module names (e.g. ``"layers.*.ffn.*"``, ``"layers.5.*"``, ``"*.qk
 every Linear of the encoder, pooler included). Only the encoder is searched, never the task
 heads: they are freshly initialised and have no pretrained value to mix with. Encoder
 dropout stays as the recipe sets it (``model.hidden_dropout = 0`` to replace it, as the paper
-does). Mixout acts in every stage after set-up, with U the weights at set-up.
+does).
+
+When U is captured: at set-up the layers are wrapped but inactive (plain Linear); when a stage
+that applies the recipe's regularizers starts (the engine calls ``begin_stage(model)``), U is
+taken from the weights at that moment and mixout switches on. So after an ``mlm`` stage,
+mixout pulls toward the weights the MLM stage produced (the "pretrained" model of the
+fine-tuning), not toward the checkpoint's, and the MLM stage itself trains without it. When
+U differs from the weights the layers had at set-up (an earlier stage trained them), it is part
+of ``state_dict()``, so ``--resume`` restores it; otherwise it is the checkpoint's weights,
+which set-up captures again.
 """
 
 from __future__ import annotations
@@ -80,10 +89,18 @@ class MixoutLinear(nn.Linear):
         self.register_buffer("target_weight", linear.weight.detach().clone(), persistent=False)
         target_bias = linear.bias.detach().clone() if (mix_bias and linear.bias is not None) else None
         self.register_buffer("target_bias", target_bias, persistent=False)
+        self.active = True  # MixoutState switches it off until its stage starts
         self.train(linear.training)
 
+    def capture(self) -> None:
+        """U <- the current weights (and bias, when mixed)."""
+        with torch.no_grad():
+            self.target_weight.copy_(self.weight.detach())
+            if self.target_bias is not None:
+                self.target_bias.copy_(self.bias.detach())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or self.p == 0.0 or not self.active:
             return F.linear(x, self.weight, self.bias)
         weight = mixout(self.weight, self.target_weight, draw_mask(self.weight, self.p, self.granularity), self.p)
         bias = self.bias
@@ -121,10 +138,41 @@ class MixoutState:
     def __init__(self, options: "Mixout"):
         self.options = options
         self.wrapped: list[str] = []
+        self.layers: dict[str, MixoutLinear] = {}
+        self.moved = False  # U differs from the weights at set-up (an earlier stage trained them)
 
     def setup(self, model: Any) -> None:
         opts = self.options
         self.wrapped = wrap_linears(model.encoder, list(opts.modules), opts.p, opts.granularity, opts.bias)
+        self.layers = {n: m for n, m in model.encoder.named_modules() if isinstance(m, MixoutLinear)}
+        for layer in self.layers.values():
+            layer.active = False  # until the stage that trains with it starts
+
+    def begin_stage(self, model: Any) -> None:
+        """The stage that trains with mixout starts: U <- the weights now, and mixing switches on."""
+        for layer in self.layers.values():
+            if not self.moved and not torch.equal(layer.target_weight, layer.weight.detach()):
+                self.moved = True
+            layer.capture()
+            layer.active = True
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"active": any(layer.active for layer in self.layers.values()), "moved": self.moved}
+        if self.moved:  # U is not the checkpoint's weights: keep it for --resume
+            state["targets"] = {n: layer.target_weight.detach().clone() for n, layer in self.layers.items()}
+            state["target_biases"] = {n: layer.target_bias.detach().clone() for n, layer in self.layers.items()
+                                      if layer.target_bias is not None}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.moved = bool(state.get("moved", False))
+        with torch.no_grad():
+            for name, value in (state.get("targets") or {}).items():
+                self.layers[name].target_weight.copy_(torch.as_tensor(value))
+            for name, value in (state.get("target_biases") or {}).items():
+                self.layers[name].target_bias.copy_(torch.as_tensor(value))
+        for layer in self.layers.values():
+            layer.active = bool(state.get("active", False))
 
     def penalty(self, context: Any) -> torch.Tensor | None:
         return None  # mixout acts inside the forward pass

@@ -30,7 +30,9 @@ What this implementation guarantees (the most used reference implementation gets
 * Gradient accumulation: the engine accumulates each task's gradient over the micro-batches of
   an optimizer step, and the surgery is applied once to those sums.
 
-Randomness: a ``torch.Generator`` seeded with ``seed``; for every task ``i`` with a non-zero
+Randomness: a ``torch.Generator`` seeded with the seed the engine derives from the recipe's
+``seed`` for this transform (so runs with different seeds draw different projection orders,
+as they draw different dropout masks; the ``seed`` option fixes it instead); for every task ``i`` with a non-zero
 gradient, in row order, one ``torch.randperm(T)`` is drawn (``i`` itself and zero-gradient
 tasks are skipped in it). Its state is in ``state_dict()`` so a resumed run continues the same
 sequence. Needs per-task gradients, hence a batch of every task per step
@@ -99,10 +101,11 @@ def surgery_coefficients(
 class PCGradState:
     needs = "per-task"
 
-    def __init__(self, options: "PCGrad"):
+    def __init__(self, options: "PCGrad", seed: int):
         self.options = options
+        self.seed = seed
         self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(options.seed)
+        self.generator.manual_seed(seed)
         self._logs: dict[str, float] = {}
 
     def apply(self, grads: torch.Tensor, *, tasks: list[str]) -> torch.Tensor:
@@ -156,13 +159,14 @@ class PCGrad:
 
     reduction: Literal["sum", "mean"] = option("sum", help="sum of the projected task gradients (the paper) or their mean")
     eps: float = option(1e-8, help="added to ||g_j||^2 in the projection", min=0)
-    seed: int = option(0, help="seed of the generator that draws the projection orders", min=0)
+    seed: int | None = option(None, help="seed of the generator that draws the projection orders (default: derived from the recipe's seed)", min=0)
 
     requires_step_mode = "all-tasks"
     needs = "per-task"
 
-    def build(self, shared_parameters: list[torch.nn.Parameter]) -> PCGradState:
-        return PCGradState(self)
+    def build(self, shared_parameters: list[torch.nn.Parameter], seed: int = 0) -> PCGradState:
+        """``seed``: the engine's, derived from the recipe's seed (the ``seed`` option overrides it)."""
+        return PCGradState(self, self.seed if self.seed is not None else seed)
 
 
 @hookimpl

@@ -128,16 +128,25 @@ def kind_model():
     return model
 
 
+def set_log_vars(combiner, values):
+    with torch.no_grad():
+        for parameter, value in zip(combiner.log_vars, values):
+            parameter.fill_(value)
+
+
+def log_var_grads(combiner):
+    return [0.0 if p.grad is None else p.grad.item() for p in combiner.log_vars]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.floats(-3, 3), st.floats(-3, 3), st.floats(-3, 3), st.floats(0.01, 10), st.floats(0.01, 10), st.floats(0.01, 10))
 def test_uncertainty_gradients_match_the_paper_form(s1, s2, s3, l1, l2, l3):
     combiner = Uncertainty().build(["sst", "para", "sts"], kind_model())
-    with torch.no_grad():
-        combiner.log_vars.copy_(torch.tensor([s1, s2, s3]))
+    set_log_vars(combiner, [s1, s2, s3])
     losses = {t: torch.tensor(v, requires_grad=True) for t, v in zip(["sst", "para", "sts"], [l1, l2, l3])}
     combined = combiner.combine(losses)
     combined.total.backward()
-    s, grad = [s1, s2, s3], combiner.log_vars.grad.tolist()
+    s, grad = [s1, s2, s3], log_var_grads(combiner)
     # classification: exp(-s) L + s/2  -> d/ds = -exp(-s) L + 1/2 ; d/dL = exp(-s)
     # regression:     exp(-s) L / 2 + s/2 -> d/ds = -exp(-s) L / 2 + 1/2 ; d/dL = exp(-s) / 2
     assert grad[0] == pytest.approx(-math.exp(-s1) * l1 + 0.5, rel=1e-4, abs=1e-5)
@@ -156,29 +165,45 @@ def test_uncertainty_exp_form_and_stationary_points():
     losses = {"sst": torch.tensor(2.0), "sts": torch.tensor(3.0)}
     combiner.combine(losses).total.backward()
     # exp(-s) L + s for every task: d/ds = -exp(-s) L + 1
-    assert combiner.log_vars.grad.tolist() == pytest.approx([-math.exp(-0.5) * 2 + 1, -math.exp(-0.5) * 3 + 1], rel=1e-5)
+    assert log_var_grads(combiner) == pytest.approx([-math.exp(-0.5) * 2 + 1, -math.exp(-0.5) * 3 + 1], rel=1e-5)
     # Paper form: the gradient vanishes at s = log(2L) (classification) and s = log(L) (regression).
     paper = Uncertainty().build(["sst", "sts"], kind_model())
-    with torch.no_grad():
-        paper.log_vars.copy_(torch.tensor([math.log(2 * 2.0), math.log(3.0)]))
+    set_log_vars(paper, [math.log(2 * 2.0), math.log(3.0)])
     paper.combine(losses).total.backward()
-    assert paper.log_vars.grad.abs().max().item() < 1e-6
+    assert max(abs(g) for g in log_var_grads(paper)) < 1e-6
 
 
 def test_uncertainty_parameters_state_and_one_task_steps():
     combiner = Uncertainty(lr=0.01).build(["sst", "sts"], kind_model())
-    (param,) = combiner.parameters()
-    assert param is combiner.log_vars and param.requires_grad and combiner.lr == 0.01
-    combiner.combine({"sts": torch.tensor(3.0)}).total.backward()  # sst absent: its s gets no gradient
-    assert param.grad[0].item() == 0.0 and param.grad[1].item() != 0.0
-    with torch.no_grad():
-        param.copy_(torch.tensor([0.3, -0.7]))
+    params = combiner.parameters()
+    assert params == combiner.log_vars and len(params) == 2  # one parameter per task
+    assert all(p.requires_grad and p.dim() == 0 for p in params) and combiner.lr == 0.01
+    combiner.combine({"sts": torch.tensor(3.0)}).total.backward()  # sst absent: its s gets no gradient at all
+    assert params[0].grad is None and params[1].grad.item() != 0.0
+    set_log_vars(combiner, [0.3, -0.7])
     saved = round_trip(combiner.state_dict())
     other = Uncertainty().build(["sst", "sts"], kind_model())
-    (other_param,) = other.parameters()
+    other_params = other.parameters()
     other.load_state_dict(saved)
-    assert other.parameters()[0] is other_param  # loaded in place: the optimizer keeps its Parameter
-    assert other_param.tolist() == pytest.approx([0.3, -0.7])
+    assert all(a is b for a, b in zip(other.parameters(), other_params))  # in place: the optimizer keeps them
+    assert [p.item() for p in other_params] == pytest.approx([0.3, -0.7])
+
+
+def test_an_absent_task_does_not_move_through_adamw_momentum():
+    """sst trains in step 1 only; AdamW's momentum must not move its s in the sts-only steps after."""
+    combiner = Uncertainty(lr=0.1).build(["sst", "sts"], kind_model())
+    optimizer = torch.optim.AdamW(combiner.parameters(), lr=0.1, weight_decay=0.01)
+    plan = [("sst", "sts"), ("sts",), ("sts",), ("sts",)]
+    history = []
+    for tasks in plan:
+        losses = {t: torch.tensor(2.0 if t == "sst" else 3.0) for t in tasks}
+        combiner.combine(losses).total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append([p.item() for p in combiner.log_vars])
+    assert history[0][0] != 0.0  # sst moved in the step it trained
+    assert history[1][0] == history[2][0] == history[3][0] == history[0][0]  # and then stayed put
+    assert len({h[1] for h in history}) == 4  # sts moved every step
 
 
 # =========================================================================== gradnorm

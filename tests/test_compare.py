@@ -124,7 +124,7 @@ def test_table_has_one_row_per_run_differing_columns_and_deltas(runs):
     headers, rows, skipped = markdown_rows(result.stdout)
     # only what differs: lr (a/b), the sampler's step and the transform's name (c); not PCGrad's
     # own options (only one run has PCGrad), nor the name, data.dir or threads
-    assert headers == ["run", "gradient_transforms[0].name", "optim.lr", "sampler.step",
+    assert headers == ["run", "gradient_transforms[0].name", "optim.lr", "sampler.step", "n",
                        "SST acc", "STS r", "mean", "Δ SST acc", "Δ STS r", "Δ mean", "best epoch", "wall time", "status"]
     assert [r[0] for r in rows] == ["a", "b", "c"]
     assert [r[1:4] for r in rows] == [["—", "0.001", "one-task"], ["—", "0.003", "one-task"],
@@ -132,13 +132,15 @@ def test_table_has_one_row_per_run_differing_columns_and_deltas(runs):
     base = best(a)["dev"]
     for row, folder in zip(rows, (a, b, c)):
         dev = best(folder)["dev"]
-        assert row[4:7] == [f"{dev[m]:.3f}" for m in ("sst_acc", "sts_pearson", "mean")]
-        assert row[7:10] == [f"{dev[m] - base[m]:+.3f}" for m in ("sst_acc", "sts_pearson", "mean")]
-        assert row[10] == str(best(folder)["epoch"])
+        assert row[4] == "1"  # one run each: recipes that differ in more than the seed are not pooled
+        assert row[5:8] == [f"{dev[m]:.3f}" for m in ("sst_acc", "sts_pearson", "mean")]
+        # these runs keep no predictions (train.predict = false): changes without intervals
+        assert row[8:11] == [f"{dev[m] - base[m]:+.3f}" for m in ("sst_acc", "sts_pearson", "mean")]
+        assert row[11] == str(best(folder)["epoch"])
         seconds = json.loads((folder / "run.json").read_text())["train_seconds"]
-        assert row[11] == f"0m{int(round(seconds)):02d}s"
-        assert row[12] == "finished"
-    assert rows[0][7:10] == ["+0.000", "+0.000", "+0.000"]
+        assert row[12] == f"0m{int(round(seconds)):02d}s"
+        assert row[13] == "finished"
+    assert rows[0][8:11] == ["+0.000", "+0.000", "+0.000"]
     assert skipped == []
 
 
@@ -157,15 +159,28 @@ def test_unreadable_and_unfinished_folders_are_listed_not_fatal(runs):
     assert len(skipped) == 4
 
 
-def test_csv_format_has_the_same_table(runs):
+def test_csv_and_json_formats_have_the_same_table_with_named_columns(runs):
     a, b = runs["a"], runs["b"]
     md = invoke(str(a), str(b), "--baseline", str(a))
     result = invoke(str(a), str(b), "--baseline", str(a), "--format", "csv")
     assert result.exit_code == 0, result.output
     parsed = list(csv.reader(io.StringIO(result.stdout)))
     headers, rows, _ = markdown_rows(md.stdout)
-    assert parsed == [headers, *rows]
+    scores = ("sst_acc", "sts_pearson", "mean")
+    assert parsed[0] == ["run", "optim.lr", "n", *(f for m in scores for f in (m, f"{m}_std")),
+                         *(f for m in scores for f in (f"delta_{m}", f"delta_{m}_ci_low", f"delta_{m}_ci_high")),
+                         "ci_resampled", "best_epoch", "wall_seconds", "status"]
+    assert [r[0] for r in parsed[1:]] == [r[0] for r in rows] == ["a", "b"]
     assert parsed[0][:2] == ["run", "optim.lr"] and float(parsed[2][1]) == 3e-3
+    for line, row, folder in zip(parsed[1:], rows, (a, b)):
+        dev = best(folder)["dev"]
+        assert line[2] == "1" and line[parsed[0].index("mean_std")] == ""  # one run: no spread
+        assert [float(line[parsed[0].index(m)]) for m in scores] == pytest.approx([dev[m] for m in scores])
+        assert f"{float(line[parsed[0].index('delta_mean')]):+.3f}" == row[headers.index("Δ mean")]
+    as_json = json.loads(invoke(str(a), str(b), "--baseline", str(a), "--format", "json").stdout)
+    assert [list(r) for r in as_json["rows"]] == [parsed[0], parsed[0]]
+    assert as_json["rows"][1]["mean"] == pytest.approx(best(b)["dev"]["mean"])
+    assert as_json["rows"][1]["delta_mean_ci_low"] is None  # no predictions kept: no interval
 
 
 def test_a_baseline_outside_the_compared_runs_is_the_first_row(runs):
@@ -238,3 +253,102 @@ def test_component_options_are_columns_only_where_runs_of_that_component_differ(
     other = {**plain, "name": "x", "description": "y", "data": {"dir": "/elsewhere", "cache": False},
              "train": {"progress": False, "threads": 2, "device": "cpu"}}
     assert differing_keys([record("a", plain), record("b", other)]) == []
+
+
+@pytest.fixture(scope="module")
+def seeded(data_dir, tmp_path_factory):
+    """``mtbert sweep --seeds``: two variants (lr) times three seeds, with dev predictions kept."""
+    threads = torch.get_num_threads()
+    root = tmp_path_factory.mktemp("seeded")
+    recipe = root / "base.toml"
+    recipe.write_text(BASE.replace("predict = false", "predict = true").replace("epochs = 2", "epochs = 1"),
+                      encoding="utf-8")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("MTBERT_PLUGINS", "builtin")
+    try:
+        from mtbert.plugins import set_plugins
+
+        set_plugins(None)
+        args = ["sweep", str(recipe), "--seeds", "3", "--grid", "optim.lr=1e-3,1e-2", "--out", str(root / "sw"),
+                "--set", f"data.dir={json.dumps(str(data_dir))}"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        yield root / "sw", result, args
+    finally:
+        set_plugins(None)
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+
+
+def test_sweep_seeds_runs_each_variant_per_seed_and_compare_pools_them(seeded):
+    out, result, args = seeded
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == [f"cmp-optim.lr={lr}-seed={s}" for lr in ("1e-2", "1e-3") for s in (1, 2, 5)]
+    seeds = {json.loads((out / f / "run.json").read_text())["seed"] for f in folders}
+    assert seeds == {5, 1, 2}  # the recipe's own seed first, then 1, 2
+    # the sweep's table already pools: one row per lr, n = 3, mean ± std
+    headers, rows, _ = markdown_rows((out / "compare.md").read_text())
+    assert [r[0] for r in rows] == ["cmp-optim.lr=1e-3", "cmp-optim.lr=1e-2"]
+    assert "seed" not in headers and [r[headers.index("n")] for r in rows] == ["3", "3"]
+    runs = [out / f"cmp-optim.lr=1e-3-seed={s}" for s in (5, 1, 2)]
+    values = [best(f)["dev"]["mean"] for f in runs]
+    mean = sum(values) / 3
+    std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
+    assert rows[0][headers.index("mean")] == f"{mean:.3f} ± {std:.3f}"
+    # resumable: the same command again skips every finished run
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "0 finished, 6 skipped" in again.output
+
+
+def test_pooled_rows_get_bootstrap_intervals_against_a_baseline(seeded):
+    out, _, _ = seeded
+    base = out / "cmp-optim.lr=1e-3-seed=5"
+    folders = sorted(str(p) for p in out.iterdir() if p.is_dir())
+    result = invoke(*folders, "--baseline", str(base), "--format", "json", "--resamples", "500")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)
+    rows = {r["run"]: r for r in table["rows"]}
+    row, baseline = rows["cmp-optim.lr=1e-2"], rows["cmp-optim.lr=1e-3"]
+    assert row["n"] == 3 and baseline["n"] == 3 and row["ci_resampled"] == "seeds and dev examples"
+    assert baseline["delta_mean"] == 0.0
+    for key in ("sst_acc", "sts_pearson", "mean"):
+        low, high, change = row[f"delta_{key}_ci_low"], row[f"delta_{key}_ci_high"], row[f"delta_{key}"]
+        assert low <= change <= high or abs(change - (low + high) / 2) < high - low, key
+        assert baseline[f"delta_{key}_ci_low"] is None  # the baseline's change against itself is 0 by definition
+    # same seed, same intervals; Markdown shows them and explains how they were made
+    md = invoke(*folders, "--baseline", str(base), "--resamples", "500")
+    headers, cells, _ = markdown_rows(md.stdout)
+    cell = next(c for c in cells if c[0] == "cmp-optim.lr=1e-2")[headers.index("Δ mean")]
+    low, high = rows["cmp-optim.lr=1e-2"]["delta_mean_ci_low"], rows["cmp-optim.lr=1e-2"]["delta_mean_ci_high"]
+    assert f"[{low:+.3f}, {high:+.3f}]" in cell
+    assert cell.startswith("**") == (low > 0 or high < 0)  # bold: the interval excludes 0
+    assert "95% bootstrap interval" in md.stdout
+
+
+def test_a_row_of_one_run_resamples_dev_examples_only_and_says_so(seeded):
+    out, _, _ = seeded
+    one = out / "cmp-optim.lr=1e-2-seed=1"
+    base = out / "cmp-optim.lr=1e-3-seed=5"
+    result = invoke(str(base), str(one), "--baseline", str(base), "--resamples", "500")
+    assert result.exit_code == 0, result.output
+    headers, rows, _ = markdown_rows(result.stdout)
+    assert [r[headers.index("n")] for r in rows] == ["1", "1"]
+    assert "[" in rows[1][headers.index("Δ mean")]
+    assert "n = 1" in result.stdout and "resamples the dev examples only" in result.stdout
+    as_json = json.loads(invoke(str(base), str(one), "--baseline", str(base), "--format", "json",
+                                "--resamples", "500").stdout)
+    assert as_json["rows"][1]["ci_resampled"] == "dev examples"
+
+
+def test_markdown_marks_a_change_whose_interval_excludes_zero():
+    from mtbert.compare import _delta, _score
+    from mtbert.replicates import Row
+
+    assert _delta(0.05, (0.012, 0.088)) == "**+0.050 [+0.012, +0.088]**"
+    assert _delta(-0.03, (-0.05, -0.004)) == "**-0.030 [-0.050, -0.004]**"
+    assert _delta(0.004, (-0.01, 0.02)) == "+0.004 [-0.010, +0.020]"
+    assert _delta(0.004, None) == "+0.004"
+    record = lambda v: RunRecord(folder=Path("x"), name="x", recipe={}, best={"dev": {"mean": v}}, history=[],  # noqa: E731
+                                 seconds=None, status="finished")
+    assert _score(Row([record(0.724), record(0.732), record(0.728)]), "mean") == "0.728 ± 0.004"
+    assert _score(Row([record(0.7)]), "mean") == "0.700"

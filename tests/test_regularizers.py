@@ -85,7 +85,8 @@ def context_for(model, batch):
 
 
 def smart(model, **options):
-    state = Smart(**options).build()
+    """SMART with an absolute ball over the whole example unless told otherwise (the mechanics under test)."""
+    state = Smart(**{"scale": "absolute", "scope": "example", **options}).build()
     state.setup(model)
     return state
 
@@ -191,6 +192,37 @@ def test_perturbation_stays_within_epsilon_and_reaches_it(tokenizer, norm, scope
         real = torch.cat([smart_module.token_norms(d, norm)[s["attention_mask"] == 1]
                           for d, s in zip(deltas, model.sequences(batch))])
         assert real.min().item() == pytest.approx(eps, rel=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_relative_scale_measures_the_ball_in_each_tokens_embedding_norm(tokenizer, norm):
+    model = make_model()
+    batch = make_batch(tokenizer, "sts")
+    state = smart(model, scale="relative", scope="token", epsilon=0.1, step_size=10.0, norm=norm)
+    state.penalty(context_for(model, batch))
+    words = model.word_embeddings(batch)
+    for delta, word, seq in zip(state.last_perturbation, words, model.sequences(batch)):
+        real = seq["attention_mask"] == 1
+        ratio = smart_module.token_norms(delta, norm)[real] / smart_module.token_norms(word.detach(), norm)[real]
+        assert ratio.max().item() <= 0.1 * (1 + 1e-4)
+        assert ratio.min().item() == pytest.approx(0.1, rel=1e-3)  # a large step ends on each token's sphere
+
+
+def test_the_defaults_perturb_a_meaningful_fraction_and_log_the_ratio(tokenizer):
+    """Relative defaults: the penalty is far from the 1e-5 of the literal reading, and smart/ratio says how far."""
+    model = make_model()
+    batch = make_batch(tokenizer, "sst")
+    default = Smart().build()
+    default.setup(model)
+    literal = smart(model, epsilon=1e-5, sigma=1e-5, step_size=1e-3)
+    torch.manual_seed(0)
+    context = context_for(model, batch)
+    penalty = default.penalty(context)
+    small = literal.penalty(context)
+    assert penalty.item() > 100 * small.item()
+    logs = default.logs()
+    assert logs["ratio"] == pytest.approx(penalty.item() / context.loss.item(), rel=1e-5)
+    assert Smart().scale == "relative" and Smart().step_size == Smart().epsilon
 
 
 def test_epsilon_is_a_radius_the_perturbation_scales_with_it(tokenizer):
@@ -543,7 +575,9 @@ def test_mixout_module_patterns_choose_layers_and_bad_patterns_are_one_line():
 
 def test_mixout_model_trains_and_evaluates_deterministically(tokenizer):
     model = make_model()
-    Mixout(p=0.5, granularity="element").build().setup(model)
+    state = Mixout(p=0.5, granularity="element").build()
+    state.setup(model)
+    state.begin_stage(model)
     batch = make_batch(tokenizer, "sts")
     with torch.no_grad():  # while the weights equal their targets, mixout changes nothing
         for p in model.encoder.parameters():
@@ -555,6 +589,42 @@ def test_mixout_model_trains_and_evaluates_deterministically(tokenizer):
     assert not torch.equal(out, model(batch))
     model.heads["sts"].loss(out, batch.labels).backward()
     assert model.encoder.layers[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_mixout_targets_are_the_weights_when_its_stage_starts_and_survive_resume(tokenizer):
+    """After an earlier stage (MLM) changed the weights, mixout pulls toward those, not the checkpoint's."""
+    from mtbert.testing import state_round_trip
+
+    model = make_model()
+    state = Mixout(p=0.5).build()
+    state.setup(model)
+    layer = model.encoder.layers[0].ffn.up
+    checkpoint = layer.weight.detach().clone()
+    batch = make_batch(tokenizer, "sts")
+    model.train()
+    torch.manual_seed(0)
+    first = model(batch)
+    torch.manual_seed(1)
+    assert torch.equal(first, model(batch))  # before its stage: inactive, no random mixing at all
+    with torch.no_grad():  # "the mlm stage" trains the encoder
+        for p in model.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state.begin_stage(model)
+    assert torch.equal(layer.target_weight, layer.weight) and not torch.equal(layer.target_weight, checkpoint)
+    saved = state_round_trip(state.state_dict())
+    assert saved["moved"] and saved["active"]
+    # --resume: set up (targets = the checkpoint's weights), load the weights, then the state
+    twin = make_model()
+    resumed = Mixout(p=0.5).build()
+    resumed.setup(twin)
+    twin.load_state_dict(model.state_dict())
+    resumed.load_state_dict(saved)
+    assert torch.equal(twin.encoder.layers[0].ffn.up.target_weight, layer.target_weight)
+    twin.train()
+    torch.manual_seed(7)
+    a = model(batch)
+    torch.manual_seed(7)
+    assert torch.equal(a, twin(batch))
 
 
 # --------------------------------------------------------------------------- norm penalty

@@ -318,3 +318,25 @@ def test_suggest_uses_the_kind_of_each_range():
         assert values["c"] in ("x", "y") and 0.0 <= values["u"] <= 0.5
     logs = [math.log10(t.params["f"]) for t in study.trials]
     assert min(logs) < -4 and max(logs) > -4  # log scale: both decades are drawn
+
+
+def test_seeds_a_count_keeps_the_recipe_seed_first_and_a_list_is_taken_as_given():
+    from mtbert.sweep import parse_seeds
+
+    assert parse_seeds("3", 11711) == [11711, 1, 2]
+    assert parse_seeds("3", 1) == [1, 2, 3]  # the recipe's seed is not drawn twice
+    assert parse_seeds("1", 5) == [5]
+    assert parse_seeds("11711,1,2", 0) == [11711, 1, 2]
+    for bad, message in (("0", "at least 1"), ("1,1", "twice"), ("a,b", "a count"), ("-1,2", ">= 0")):
+        with pytest.raises(RecipeError) as info:
+            parse_seeds(bad, 5)
+        assert message in str(info.value) and "--seeds" in str(info.value)
+
+
+def test_seeds_with_a_grid_over_seed_or_optuna_is_refused(sweep_env):
+    sweep, tmp = sweep_env
+    result = sweep("--seeds", "2", "--grid", "seed=1,2", "--out", str(tmp / "a"))
+    assert result.exit_code != 0 and "--seeds and a grid over seed" in result.output
+    result = sweep("--seeds", "2", "--optuna", "2", "--out", str(tmp / "b"))
+    assert result.exit_code != 0 and "--optuna and --seeds" in result.output
+    assert not (tmp / "a").exists() and not (tmp / "b").exists()  # refused before any run

@@ -337,6 +337,31 @@ class Regularizer(ChecksTasks, Protocol):
         """A fresh regularizer for this run."""
 
 
+class OptimizerGroupsState(Protocol):
+    def apply(self, model: Any, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The engine's AdamW parameter groups in, the groups to use out (every parameter once)."""
+
+
+class OptimizerGroups(Protocol):
+    def build(self) -> OptimizerGroupsState: ...
+
+
+class WeightAverageState(Protocol):
+    def update(self, model: Any) -> None:
+        """After every optimizer step: fold the current weights into the average."""
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The averaged value of each averaged parameter, by ``model.named_parameters()`` name."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class WeightAverage(Protocol):
+    def build(self, model: Any) -> WeightAverageState: ...
+
+
 class Stage(Protocol):
     """A training stage's options class.
 

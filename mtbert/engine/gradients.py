@@ -6,6 +6,12 @@ is one ``copy_``, with no Python loop over parameters in the hot path. If autogr
 replaces a ``.grad`` instead of accumulating into the view (it may for unusual layouts),
 ``flat()`` notices and gathers the gradients by copying instead, so results stay correct.
 
+Parameters that no loss of an optimizer step reached (BERT's pooler under mean pooling, a
+layer a stage does not use) must reach the optimizer with ``.grad = None``, not a zero view:
+AdamW skips a parameter without a gradient, but decays one with a zero gradient and keeps
+moving it with its momentum. A post-accumulate hook on each parameter records which ones a
+backward reached; ``release_unused()`` unbinds the others before the optimizer step.
+
 ``redirect(target)`` points the ``.grad`` views at another flat tensor of the same size (a row
 of the per-task ``[tasks, params]`` buffer), so a task's backward accumulates straight into its
 row: no copy and no zeroing per task.
@@ -23,7 +29,28 @@ class SharedGradients:
         self.buffer = torch.zeros(self.numel, device=device, dtype=torch.float32)
         self.current = self.buffer
         self.views: list[torch.Tensor] = self._views_into(self.buffer)
+        self.used: set[int] = set()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._mark) for p in self.parameters
+                       if hasattr(p, "register_post_accumulate_grad_hook")]
         self.rebind()
+
+    def _mark(self, parameter: torch.Tensor) -> None:
+        self.used.add(id(parameter))
+
+    def release_unused(self) -> list[torch.nn.Parameter]:
+        """Set ``.grad = None`` on the parameters no backward reached since ``rebind()``; returns them."""
+        if len(self._hooks) != len(self.parameters):  # a torch without the hook: keep every gradient
+            return []
+        unused = [p for p in self.parameters if id(p) not in self.used]
+        for p in unused:
+            p.grad = None
+        return unused
+
+    def close(self) -> None:
+        """Remove the hooks (a later stage builds its own)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def _views_into(self, flat: torch.Tensor) -> list[torch.Tensor]:
         views, offset = [], 0
@@ -47,6 +74,7 @@ class SharedGradients:
             self.current = self.buffer
             self.views = self._views_into(self.buffer)
         self.buffer.zero_()
+        self.used.clear()
         for p, view in zip(self.parameters, self.views):
             p.grad = view if p.dtype == view.dtype else None
 

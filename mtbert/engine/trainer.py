@@ -22,6 +22,7 @@ everywhere. Evaluation and files are rank 0's; early stopping and stop requests 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any
@@ -40,6 +41,22 @@ from mtbert.errors import MtbertError
 
 class RunInterrupted(MtbertError):
     """Training stopped on request (Ctrl-C or a plugin); the state was saved for --resume."""
+
+
+def accepts_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` takes the keyword ``name`` (optional parts of a component contract)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def build_transform(options: Any, shared: list[torch.nn.Parameter], seed: int) -> Any:
+    """A gradient transform; one whose ``build`` takes ``seed`` gets one derived from the recipe's."""
+    if accepts_keyword(options.build, "seed"):
+        return options.build(shared, seed=seed)
+    return options.build(shared)
 
 
 def _state_of(component: Any) -> dict[str, Any]:
@@ -65,9 +82,13 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int):
 
 
 def build_optimizer(
-    model: Any, optim: Any, extra_params: list[torch.nn.Parameter], device: torch.device, extra_lr: float | None = None
+    model: Any, optim: Any, extra_params: list[torch.nn.Parameter], device: torch.device, extra_lr: float | None = None,
+    group_rules: list[Any] = (),
 ):
-    """AdamW with no weight decay on biases and LayerNorm weights; heads may have their own lr."""
+    """AdamW with no weight decay on biases and LayerNorm weights; heads may have their own lr.
+
+    ``group_rules``: the recipe's ``[[optimizer_groups]]`` components, applied to the groups in order.
+    """
     groups = []
 
     def split(params: list[tuple[str, torch.nn.Parameter]], lr: float, label: str) -> None:
@@ -83,6 +104,10 @@ def build_optimizer(
     if extra_params:
         groups.append({"params": extra_params, "lr": extra_lr or optim.head_lr or optim.lr, "weight_decay": 0.0,
                        "name": "combiner"})
+    if group_rules:
+        from mtbert.engine.extensions import apply_groups
+
+        groups = apply_groups(model, groups, list(group_rules))
     kwargs = {"betas": tuple(optim.betas), "eps": optim.eps}
     if use_fused_adamw(device):
         try:
@@ -125,11 +150,15 @@ class MultitaskTrainer:
         shared = run.model.shared_parameters()
         self.shared = shared
         self.combiner = recipe.loss_combiner.options.build(list(task_names), run.model)
-        self.transforms = [(spec, spec.options.build(shared)) for spec in recipe.gradient_transforms]
+        self.transforms = [(spec, build_transform(spec.options, shared, derive_seed(seed, "transform", stage_index, i)))
+                           for i, spec in enumerate(recipe.gradient_transforms)]
         self.per_task = any(getattr(t, "needs", "summed") == "per-task" for _, t in self.transforms)
         combiner_params = list(getattr(self.combiner, "parameters", lambda: [])())
         self.optimizer = build_optimizer(run.model, recipe.optim, combiner_params, self.device,
-                                         extra_lr=getattr(self.combiner, "lr", None))
+                                         extra_lr=getattr(self.combiner, "lr", None),
+                                         group_rules=getattr(recipe, "optimizer_groups", []))
+        spec = getattr(recipe, "weight_average", None)
+        self.average = spec.options.build(run.model) if spec is not None else None
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         # Data parallelism: everything trainable outside the flat shared buffer is summed across
         # processes as one flat buffer; the combiner's own parameters, whose gradient is the same
@@ -175,6 +204,7 @@ class MultitaskTrainer:
             "sampler": self.sampler.state_dict(),
             "combiner": self.combiner.state_dict(),
             "transforms": [_state_of(t) for _, t in self.transforms],
+            "weight_average": _state_of(self.average) if self.average is not None else {},
             "streams": {name: s.state_dict() for name, s in self.streams.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -201,6 +231,8 @@ class MultitaskTrainer:
         for (_, transform), saved in zip(self.transforms, state.get("transforms", [])):
             if hasattr(transform, "load_state_dict"):
                 transform.load_state_dict(saved)
+        if self.average is not None and state.get("weight_average"):
+            self.average.load_state_dict(state["weight_average"])
         for name, stream_state in state["streams"].items():
             self.streams[name].load_state_dict(stream_state)
         torch.set_rng_state(state["rng"])
@@ -346,8 +378,12 @@ class MultitaskTrainer:
         if self.dist.world_size > 1:
             self._reduce_gradients()
         logs = self._apply_transforms(tasks_seen) if self.transforms else {}
+        if self.grads is not None:
+            self.grads.release_unused()  # parameters no loss reached keep .grad = None: AdamW skips them
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.run.model)
         self.combiner.after_step()
         for spec, regularizer in self.run.regularizers:
             if hasattr(regularizer, "after_step"):
@@ -393,6 +429,10 @@ class MultitaskTrainer:
         run.model.train()
         last_metrics: dict[str, float] = {}
         tasks_seen: list[str] = []
+        if self.epoch == 0 and self.position == 0 and self.plan is None:  # a fresh stage, not a resumed one
+            for _, regularizer in run.regularizers:
+                if hasattr(regularizer, "begin_stage"):
+                    regularizer.begin_stage(run.model)
         while self.epoch < self.epochs:
             if self.plan is None:
                 self.plan = self.sampler.epoch(self.epoch)[: self.steps_per_epoch]
@@ -414,6 +454,8 @@ class MultitaskTrainer:
                     step_logs.update(task_logs[task])
                 if self.dist.world_size > 1:
                     losses, step_logs = self._global_losses(losses, task_logs, shares)
+                if hasattr(self.combiner, "observe_task_losses"):  # the losses without regularizer terms
+                    self.combiner.observe_task_losses({t: step_logs[f"loss/{t}"] for t in tasks})
                 combined = self.combiner.combine(losses)
                 self._backward(tasks, combined)
                 for task in tasks:
@@ -461,7 +503,10 @@ class MultitaskTrainer:
             if self.log_sums:
                 run.log_train(self._flush_logs(), self.stage_name)
             train_seconds = time.perf_counter() - epoch_start
-            metrics, improved = run.evaluate_epoch(self, train_seconds)  # rank 0's, on every process
+            from mtbert.engine.extensions import averaged_weights
+
+            with averaged_weights(run.model, self.average):  # evaluated and kept as best: the averaged weights
+                metrics, improved = run.evaluate_epoch(self, train_seconds)  # rank 0's, on every process
             if self.select_best:
                 if improved:
                     self.bad_evals = 0
@@ -480,4 +525,6 @@ class MultitaskTrainer:
                 run.request_stop("stop requested by another process")
             if run.stop_requested and self.epoch < self.epochs:
                 raise RunInterrupted(run.interrupt_message())
+        if self.grads is not None:
+            self.grads.close()
         return last_metrics
