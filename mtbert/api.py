@@ -74,7 +74,7 @@ from mtbert.model.backbone import CheckpointSpec
 from mtbert.model.bert import hidden_activation
 from mtbert.model.mlm import IGNORE_INDEX, MaskedLMHead, mask_tokens, tokenize_unique
 from mtbert.model.tokenizer import BertTokenizer, pad_batch
-from mtbert.recipe import load_recipe
+from mtbert.recipe import flatten_recipe, load_recipe
 from mtbert.schema import did_you_mean, option
 
 __all__ = [
@@ -95,7 +95,7 @@ __all__ = [
     # data parallelism
     "reduce_sum", "reduce_mean", "world_size",
     # stages
-    "MultitaskTrainer", "RunInterrupted", "lr_lambda", "adamw", "build_scheduler", "decay_groups", "plan_batches",
+    "MultitaskTrainer", "RunInterrupted", "lr_lambda", "flatten_recipe", "adamw", "build_scheduler", "decay_groups", "plan_batches",
     "pack_batches", "unpack_batches", "IGNORE_INDEX", "MaskedLMHead", "mask_tokens", "tokenize_unique", "autocast", "use_fused_adamw", "derive_seed", "Progress",
     "hidden_activation",
     # errors, evaluation, and recipes (to test a recipe that uses the plugin)
