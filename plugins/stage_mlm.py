@@ -213,7 +213,7 @@ class MaskedLMTrainer:
         """Summed cross-entropy over the masked positions, their correct predictions and count."""
 
         selected = labels != IGNORE_INDEX
-        with autocast(self.device, self.run.recipe.train.precision):
+        with autocast(self.device, self.run.precision.name):
             hidden = self.encoder(input_ids=inputs, attention_mask=attention).last_hidden_state
             logits = self.head(hidden[selected])
         target = labels[selected]

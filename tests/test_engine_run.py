@@ -96,3 +96,13 @@ def test_tensorboard_has_the_promised_scalars(write_recipe, builtin_plugins, dat
     lines = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
     assert dev == pytest.approx([l["metrics"]["mean"] for l in lines])
     assert len(events.Scalars("train/lr")) == 16  # 2 epochs x 8 optimizer steps, log_every = 1
+
+
+def test_precision_auto_is_recorded_with_its_reason(write_recipe, builtin_plugins, data_dir, minilm_dir, tmp_path):
+    from mtbert.engine.device import resolve_precision
+
+    folder, _ = tiny_run(write_recipe, builtin_plugins, data_dir, tmp_path / "run", ["optim.epochs=1"])
+    device = json.loads((folder / "run.json").read_text())["device"]
+    expected = resolve_precision("auto", torch.device("cpu"))
+    assert device["precision_requested"] == "auto"
+    assert device["precision"] == expected.name and device["precision_reason"] == expected.reason

@@ -17,7 +17,7 @@ import torch
 
 from mtbert.engine.batches import TaskData, load_split, resolve_file
 from mtbert.engine.checkpoint import save_training_state, save_weights
-from mtbert.engine.device import choose_device
+from mtbert.engine.device import choose_device, resolve_precision
 from mtbert.engine.distributed import Distributed, NoHooks, resolve_device
 from mtbert.engine.evaluate import evaluate
 from mtbert.engine.health import ModelHealth
@@ -47,6 +47,8 @@ class RunContext:
         self.device = choose_device(recipe.train.device)
         if self.distributed.enabled:
             self.device = resolve_device(self.device, self.distributed.local_rank)
+        #: The precision forwards run in (``train.precision`` resolved for the device; run.json says why).
+        self.precision = resolve_precision(recipe.train.precision, self.device)
         self.resume_state = resume_state
         self.global_step = 0
         self.examples_seen = 0  # training examples of the tasks, over all processes (dev curves' second axis)
@@ -170,7 +172,7 @@ class RunContext:
         recipe = self.recipe
         start = time.perf_counter()
         metrics, outputs = evaluate(self.model, self.tasks, "dev", device=self.device,
-                                    precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size,
+                                    precision=self.precision.name, batch_size=recipe.data.eval_batch_size,
                                     progress=recipe.train.progress)
         self.last_predictions = {
             name: {"ids": ids, "predictions": predictions, "labels": list(self.tasks[name].splits["dev"].encoded.labels)}

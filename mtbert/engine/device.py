@@ -3,13 +3,22 @@
 ``auto`` picks CUDA when available, then Apple's MPS, else the CPU. ``bf16`` runs the forward
 pass under ``torch.autocast`` in bfloat16 (parameters, gradients and optimizer state stay in
 fp32, so no loss scaling is needed); losses are computed in fp32 by the heads.
+
+``train.precision = "auto"`` (the default) takes bf16 only where the hardware computes it
+natively: CUDA devices that support it, and CPUs with AMX or AVX512-BF16 instructions. Elsewhere
+a CPU emulates bf16 through fp32 and conversions, which is slower than fp32 itself, so auto
+stays in fp32 there. :func:`resolve_precision` says what it chose and why (``run.json``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
+from pathlib import Path
 from typing import ContextManager
 
+import attrs
 import torch
 
 from mtbert.errors import RecipeError
@@ -36,8 +45,67 @@ def choose_device(spec: str) -> torch.device:
     return device
 
 
+#: CPU instruction sets that compute bf16 natively (Linux /proc/cpuinfo flag names).
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """The native-bf16 instruction flags this CPU reports (empty off Linux or without them)."""
+    if not sys.platform.startswith("linux"):
+        return ()
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
+    return ()
+
+
+@functools.lru_cache(maxsize=None)
+def _this_cpu_flags() -> tuple[str, ...]:
+    return cpu_bf16_flags()
+
+
+@attrs.frozen
+class Precision:
+    """The precision a run computes in: ``name`` (fp32 or bf16), what the recipe asked and why."""
+
+    name: str
+    requested: str
+    reason: str
+
+    def record(self) -> dict[str, str]:
+        return {"precision": self.name, "precision_requested": self.requested, "precision_reason": self.reason}
+
+
+def resolve_precision(requested: str, device: torch.device, cpu_flags: tuple[str, ...] | None = None) -> Precision:
+    """``train.precision`` made concrete for ``device`` (``cpu_flags``: for tests; default: this CPU's)."""
+    if requested != "auto":
+        return Precision(requested, requested, "set in the recipe")
+    if device.type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return Precision("bf16", "auto", f"CUDA device {torch.cuda.get_device_name(device)} supports bf16")
+        return Precision("fp32", "auto", "this CUDA device has no native bf16")
+    if device.type == "cpu":
+        flags = _this_cpu_flags() if cpu_flags is None else cpu_flags
+        if flags:
+            return Precision("bf16", "auto", f"the CPU computes bf16 natively ({', '.join(flags)})")
+        return Precision("fp32", "auto", "the CPU has neither AMX nor AVX512-BF16: bf16 would be emulated, slower than fp32")
+    return Precision("fp32", "auto", f"no bf16 autocast on {device.type}")
+
+
+@functools.lru_cache(maxsize=None)
+def _auto(device: torch.device) -> str:
+    return resolve_precision("auto", device).name
+
+
 def autocast(device: torch.device, precision: str) -> ContextManager:
-    """The autocast context for a forward pass under ``train.precision``."""
+    """The autocast context for a forward pass under ``train.precision`` (``auto`` resolved for ``device``)."""
+    if precision == "auto":
+        precision = _auto(device)
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

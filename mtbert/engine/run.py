@@ -200,7 +200,7 @@ def _run_recipe(
             raise PluginError(f"{run.failure}")
         if main and recipe.train.predict and run.best is not None:
             out = write_predictions(run.model, run.tasks, run.checkpoints / "best.safetensors", folder / "predictions",
-                                    device=run.device, precision=recipe.train.precision,
+                                    device=run.device, precision=run.precision.name,
                                     batch_size=recipe.data.eval_batch_size, progress=recipe.train.progress)
             run.say(f"predictions written to {out}")
         if main and not recipe.train.keep_last:

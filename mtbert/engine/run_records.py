@@ -166,7 +166,7 @@ def run_record(run: Any, status: str, started: str, extra: dict[str, Any]) -> di
             "type": device.type,
             "name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
-            "precision": run.recipe.train.precision,
+            **run.precision.record(),
         },
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
         "plugins": run.plugins.record(),

@@ -204,14 +204,14 @@ class MultitaskTrainer:
         run.examples_seen += stream.last_global_size
         batch = batch.to(self.device)
         logs: dict[str, float] = {}
-        with autocast(self.device, self.recipe.train.precision):
+        with autocast(self.device, self.run.precision.name):
             predictions = run.model(batch)
         loss = run.model.heads[task].loss(predictions, batch.labels)
         logs[f"loss/{task}"] = float(loss.detach())
         if run.regularizers:
             context = PenaltyContext(model=run.model, task=task, batch=batch, predictions=predictions, loss=loss)
             for spec, regularizer in run.regularizers:
-                with autocast(self.device, self.recipe.train.precision):  # extra forwards as the main one
+                with autocast(self.device, self.run.precision.name):  # extra forwards as the main one
                     term = regularizer.penalty(context)
                 if term is not None:
                     loss = loss + term.float()

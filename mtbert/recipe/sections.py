@@ -73,7 +73,10 @@ class OptimSection:
 @attrs.define
 class TrainSection:
     device: str = option("auto", help="auto (cuda when available), cpu, cuda, cuda:N or mps")
-    precision: Literal["fp32", "bf16"] = option("fp32", help="bf16 autocast for the forward pass (CUDA; CPU works but is slow)")
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", help="auto: bf16 autocast where the hardware has it (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32; "
+        "bf16 on other CPUs is emulated and slower"
+    )
     patience: int | None = option(None, help="stop after N evaluations without improving the selection metric", min=1)
     select: str = option("mean", help="dev metric that picks the best checkpoint (mean, sst_acc, ...)")
     log_every: int = option(10, help="log training scalars every N optimizer steps", min=1)
