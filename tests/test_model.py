@@ -82,10 +82,15 @@ def hf_models(minilm_dir):
     }
 
 
-def _ours(encoder: BertEncoder, batch, kind: str) -> EncoderOutput:
+def _ours(encoder: BertEncoder, batch, kind: str, unpad: str = "never") -> EncoderOutput:
+    """Our encoder's outputs; padded by default, the layout transformers computes in."""
     encoder.set_attention(kind)
-    with torch.no_grad():
-        return encoder(**batch)
+    saved, encoder.unpad = encoder.unpad, unpad
+    try:
+        with torch.no_grad():
+            return encoder(**batch)
+    finally:
+        encoder.unpad = saved
 
 
 def _theirs(model, batch):
@@ -125,6 +130,18 @@ def test_matches_transformers_at_every_position(minilm, hf_models, sst_batch, ou
     assert _max_diff(out.last_hidden_state, ref.last_hidden_state, keep) <= TOL
     assert _max_diff(out.last_hidden_state, ref.last_hidden_state) <= TOL
     assert _max_diff(out.pooler_output, ref.pooler_output) <= TOL
+
+
+@pytest.mark.parametrize("ours, theirs", [("sdpa", "sdpa"), ("math", "eager")])
+def test_packed_real_tokens_match_transformers_and_padding_is_zero(minilm, hf_models, sst_batch, ours, theirs):
+    """``unpad = "always"``: the token-wise layers run on real tokens only; same outputs there."""
+    out = _ours(minilm.encoder, sst_batch, ours, unpad="always")
+    ref = _theirs(hf_models[theirs], sst_batch)
+    keep = sst_batch["attention_mask"].bool()
+    assert not keep.all()  # the batch has padding to skip
+    assert _max_diff(out.last_hidden_state, ref.last_hidden_state, keep) <= TOL
+    assert _max_diff(out.pooler_output, ref.pooler_output) <= TOL
+    assert out.last_hidden_state[~keep].abs().max().item() == 0.0
 
 
 @pytest.mark.parametrize("ours, theirs", [("sdpa", "eager"), ("math", "sdpa")])
@@ -188,7 +205,7 @@ def test_sdpa_and_math_agree_in_training_without_dropout(minilm, sst_batch):
     _assert_grads_close(grads_a, grads_b, rtol=1e-3, atol=1e-5)
     # Dropout off: training mode computes what eval mode computes.
     evaluated = _ours(minilm.encoder, batch, "math")
-    assert _max_diff(b.last_hidden_state, evaluated.last_hidden_state) <= 1e-6
+    assert _max_diff(b.last_hidden_state, evaluated.last_hidden_state, keep) <= 1e-6
 
 
 @pytest.mark.parametrize("kind", ["sdpa", "math"])
@@ -230,6 +247,56 @@ def test_kernels_and_padding_on_random_batches(lengths, extra, seed):
             assert _max_diff(out.pooler_output, reference.pooler_output) <= TOL
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 20), min_size=1, max_size=5),
+    extra=st.integers(0, 6),
+    seed=st.integers(0, 2**16),
+    checkpointing=st.booleans(),
+)
+def test_packed_and_padded_give_the_same_outputs_and_gradients(lengths, extra, seed, checkpointing):
+    """Running the token-wise layers on real tokens only changes no output at a real token, nor a gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(1, 97, (n,), generator=gen).tolist() for n in lengths]
+    batch = pad_batch(ids, pad_to=max(lengths) + extra)
+    keep = batch["attention_mask"].bool()
+    encoder = BertEncoder(_tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+    encoder.gradient_checkpointing = checkpointing
+    results = []
+    for unpad in ("never", "always"):
+        encoder.unpad = unpad
+        encoder.zero_grad()
+        out = encoder(**batch)
+        (out.last_hidden_state[keep].square().mean() + out.pooler_output.sum()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}))
+    (padded, padded_grads), (packed, packed_grads) = results
+    assert _max_diff(packed.last_hidden_state, padded.last_hidden_state, keep) <= TOL
+    assert _max_diff(packed.pooler_output, padded.pooler_output) <= TOL
+    assert packed_grads.keys() == padded_grads.keys()
+    _assert_grads_close(packed_grads, padded_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_unpad_auto_packs_cpu_batches_with_enough_padding():
+    encoder = BertEncoder(_tiny_config())
+    full = torch.ones(4, 20, dtype=torch.long)
+    little = full.clone()
+    little[0, 19] = 0  # 79 of 80 real: above the threshold
+    much = full.clone()
+    much[:, 10:] = 0  # half padding
+    assert encoder.unpad == "auto"
+    assert encoder.packing(full) is None and encoder.packing(little) is None and encoder.packing(None) is None
+    packing = encoder.packing(much)
+    assert packing is not None and packing.index.tolist() == [r * 20 + c for r in range(4) for c in range(10)]
+    encoder.unpad = "always"
+    assert encoder.packing(full) is not None
+    encoder.unpad = "never"
+    assert encoder.packing(much) is None
+    with pytest.raises(ValueError, match="unpad must be one of auto, always, never"):
+        encoder.unpad = "sometimes"
+    with pytest.raises(ValueError, match="unpad must be"):
+        BertEncoder(_tiny_config(), unpad="yes")
+
+
 def test_attention_dropout_only_in_training():
     encoder = BertEncoder(_tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5))
     ids = torch.randint(1, 97, (2, 9))
@@ -257,7 +324,7 @@ def test_attention_switch_validates():
 # --------------------------------------------------------------------------- (4) inputs_embeds
 @pytest.mark.parametrize("kind", ["sdpa", "math"])
 def test_inputs_embeds_equal_input_ids(minilm, pair_batch, kind):
-    from_ids = _ours(minilm.encoder, pair_batch, kind)
+    from_ids = _ours(minilm.encoder, pair_batch, kind, unpad=minilm.encoder.unpad)
     embeds = minilm.encoder.embed_words(pair_batch["input_ids"])
     rest = {k: v for k, v in pair_batch.items() if k != "input_ids"}
     with torch.no_grad():

@@ -107,6 +107,7 @@ class RunContext:
         self.backbone = backbone
         encoder = backbone.encoder
         encoder.gradient_checkpointing = recipe.model.gradient_checkpointing
+        encoder.unpad = recipe.model.unpad
         self.load_data(backbone.tokenizer, splits=("train", "dev", "test"))
         self.model = build_model(recipe, encoder)
         if recipe.model.mode == "pretrain":

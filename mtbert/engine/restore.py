@@ -77,7 +77,7 @@ def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> R
     encoder_dir = encoder_files_folder(folder)
     config = BertConfig.from_json_file(encoder_dir / "config.json")
     tokenizer = BertTokenizer.from_folder(encoder_dir)
-    encoder = BertEncoder(config, attention=recipe.model.attention)
+    encoder = BertEncoder(config, attention=recipe.model.attention, unpad=recipe.model.unpad)
     tasks = {
         name: TaskData(name=name, spec=t.spec, input_format=t.input.options, input_format_name=t.input.name)
         for name, t in recipe.tasks.items()

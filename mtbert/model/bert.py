@@ -3,8 +3,9 @@
 It computes exactly what transformers' ``BertModel`` computes (post-LayerNorm transformer,
 absolute positions, tanh pooler over [CLS]) so that standard checkpoints load unchanged, but
 is laid out for speed: query, key and value come from one fused Linear, attention runs
-through ``torch.nn.functional.scaled_dot_product_attention``, and the padding mask is turned
-into an additive bias once per forward instead of once per layer. An explicit
+through ``torch.nn.functional.scaled_dot_product_attention``, the padding mask is turned
+into an additive bias once per forward instead of once per layer, and on the CPU a padded
+batch runs its token-wise layers on the real tokens only (:class:`Packing`). An explicit
 softmax(QK^T/sqrt(d) + mask)V path is kept for tests and for methods that need to see it.
 
 Parameter names are ours; :mod:`mtbert.model.weights` maps them to and from HF names.
@@ -22,6 +23,9 @@ from torch.utils.checkpoint import checkpoint
 from mtbert.model.config import BertConfig
 
 ATTENTION_KINDS = ("sdpa", "math")
+UNPAD_KINDS = ("auto", "always", "never")
+#: ``unpad = "auto"`` packs a CPU batch when fewer than this share of its positions are real tokens.
+UNPAD_BELOW = 0.95
 
 
 def hidden_activation(name: str) -> nn.Module:
@@ -33,6 +37,34 @@ def hidden_activation(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
     raise ValueError(f"unsupported hidden_act {name!r}")
+
+
+@dataclass
+class Packing:
+    """Where a padded batch's real tokens lie, to run the token-wise layers on real tokens only.
+
+    Every layer but attention works token by token (Linear, GELU, LayerNorm, dropout), so it can
+    run on the ``[N, C]`` stack of the N real tokens instead of ``[B, T, C]``; attention alone
+    needs the padded layout back (:meth:`pad`), and its output is packed again (:meth:`unpack`).
+    """
+
+    index: Tensor  # flat positions of the real tokens in [B * T]
+    batch: int
+    length: int
+
+    @classmethod
+    def of(cls, attention_mask: Tensor) -> "Packing":
+        B, T = attention_mask.shape
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), B, T)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[B, T, C] -> [N, C]."""
+        return x.reshape(self.batch * self.length, x.shape[-1]).index_select(0, self.index)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """[N, C] -> [B, T, C], zeros at the padding."""
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy(0, self.index, x).view(self.batch, self.length, x.shape[-1])
 
 
 @dataclass
@@ -54,10 +86,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: Tensor, bias: Tensor | None, kind: str) -> Tensor:
-        B, T, H = x.shape
+    def forward(self, x: Tensor, bias: Tensor | None, kind: str, packing: Packing | None = None) -> Tensor:
+        H = x.shape[-1]
+        qkv = self.qkv(x)
+        if packing is not None:  # [N, 3H] of real tokens -> padded [B, T, 3H] for attention
+            qkv = packing.pad(qkv)
+        B, T = qkv.shape[0], qkv.shape[1]
         # [B, T, 3H] -> three [B, heads, T, head_dim] views; no copy is made here.
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = qkv.view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout_p if self.training else 0.0
         if kind == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
@@ -67,7 +103,8 @@ class SelfAttention(nn.Module):
                 scores = scores + bias
             probs = F.dropout(scores.softmax(dim=-1), p=p, training=self.training)
             y = probs @ v
-        return self.proj(y.transpose(1, 2).reshape(B, T, H))
+        y = y.transpose(1, 2).reshape(B, T, H)
+        return self.proj(y if packing is None else packing.pack(y))
 
 
 class FeedForward(nn.Module):
@@ -94,8 +131,8 @@ class TransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, bias: Tensor | None, kind: str) -> Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, bias, kind)))
+    def forward(self, x: Tensor, bias: Tensor | None, kind: str, packing: Packing | None = None) -> Tensor:
+        x = self.attn_norm(x + self.dropout(self.attn(x, bias, kind, packing)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -104,13 +141,18 @@ class BertEncoder(nn.Module):
 
     ``attention`` ("sdpa" or "math") may be changed at any time; ``gradient_checkpointing``
     recomputes each layer in the backward pass (training only) to save activation memory.
+    ``unpad`` ("auto", "always", "never") runs the token-wise layers on real tokens only
+    (:class:`Packing`): "auto" does so on the CPU when padding fills more than
+    ``1 - UNPAD_BELOW`` of a batch. Outputs at real tokens are the same either way; at padding
+    positions the packed path returns zeros (the padded path returns values nobody should read).
     """
 
-    def __init__(self, config: BertConfig, attention: str = "sdpa"):
+    def __init__(self, config: BertConfig, attention: str = "sdpa", unpad: str = "auto"):
         super().__init__()
         self.config = config
         self.hidden_size = config.hidden_size
         self.attention = attention
+        self.unpad = unpad
         self.gradient_checkpointing = False
         # padding_idx as in HF: the [PAD] row gets no gradient.
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
@@ -132,6 +174,27 @@ class BertEncoder(nn.Module):
         if kind not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
         self._attention = kind
+
+    @property
+    def unpad(self) -> str:
+        return self._unpad
+
+    @unpad.setter
+    def unpad(self, kind: str) -> None:
+        if kind not in UNPAD_KINDS:
+            raise ValueError(f"unpad must be one of {', '.join(UNPAD_KINDS)}, got {kind!r}")
+        self._unpad = kind
+
+    def packing(self, attention_mask: Tensor | None) -> Packing | None:
+        """The batch's :class:`Packing` when ``unpad`` says to run on real tokens only, else None."""
+        if attention_mask is None or self._unpad == "never":
+            return None
+        if self._unpad == "auto":
+            if attention_mask.device.type != "cpu":  # not measured on accelerators: padded there
+                return None
+            if int(attention_mask.sum()) >= UNPAD_BELOW * attention_mask.numel():
+                return None
+        return Packing.of(attention_mask)
 
     def set_attention(self, kind: str) -> "BertEncoder":
         """Switch between the fused SDPA kernel and the explicit math path."""
@@ -203,15 +266,20 @@ class BertEncoder(nn.Module):
         else:
             x = words + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings.weight[:T]
+        bias = self._attention_bias(attention_mask, x)
+        packing = self.packing(attention_mask)
+        if packing is not None:
+            x = packing.pack(x)
         x = self.embed_dropout(self.embed_norm(x))
 
-        bias = self._attention_bias(attention_mask, x)
         kind = self._attention
         use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if use_checkpoint:
-                x = checkpoint(layer, x, bias, kind, use_reentrant=False)
+                x = checkpoint(layer, x, bias, kind, packing, use_reentrant=False)
             else:
-                x = layer(x, bias, kind)
+                x = layer(x, bias, kind, packing)
+        if packing is not None:
+            x = packing.pad(x)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return EncoderOutput(last_hidden_state=x, pooler_output=pooled)

@@ -24,6 +24,9 @@ class ModelSection:
     attention_dropout: float | None = option(None, help="dropout on attention probabilities, 0 <= p < 1 (default: the checkpoint's)",
                                              min=0, max=1, max_exclusive=True)
     attention: Literal["sdpa", "math"] = option("sdpa", help="attention kernel: fused scaled_dot_product_attention or the explicit math path")
+    unpad: Literal["auto", "always", "never"] = option(
+        "auto", help="run token-wise layers on real tokens only: auto (CPU batches with over 5% padding), always, never"
+    )
     gradient_checkpointing: bool = option(False, help="recompute layer activations in backward to save memory")
 
 
