@@ -106,3 +106,16 @@ def test_precision_auto_is_recorded_with_its_reason(write_recipe, builtin_plugin
     expected = resolve_precision("auto", torch.device("cpu"))
     assert device["precision_requested"] == "auto"
     assert device["precision"] == expected.name and device["precision_reason"] == expected.reason
+
+
+def test_run_json_counts_training_tokens_and_padding(write_recipe, builtin_plugins, data_dir, minilm_dir, tmp_path):
+    records = {}
+    for unpad in ("never", "always"):
+        folder, _ = tiny_run(write_recipe, builtin_plugins, data_dir, tmp_path / unpad, ["optim.epochs=1", f"model.unpad={unpad}"])
+        records[unpad] = json.loads((folder / "run.json").read_text())["tokens"]
+    padded, packed = records["never"], records["always"]
+    assert 0 < padded["real"] < padded["positions"] == padded["computed"]
+    assert padded["padding_efficiency"] == padded["batch_fill"] == padded["real"] / padded["positions"]
+    # Same batches either way; packed, the token-wise layers compute the real tokens only.
+    assert packed["real"] == packed["computed"] == padded["real"] and packed["positions"] == padded["positions"]
+    assert packed["padding_efficiency"] == 1.0

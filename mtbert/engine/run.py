@@ -26,6 +26,7 @@ from mtbert.engine.evaluate import write_predictions
 from mtbert.engine.multitask_model import weights_sha1
 from mtbert.engine.run_records import (
     RunLog, check_resume, data_hashes, default_run_folder, find_resumable, now, run_record,
+    token_record,
 )
 from mtbert.engine.runfolder import RunLock, check_data_unchanged, clean_stale_temps, folder_holds_files, trim_evaluations
 from mtbert.engine.seeding import derive_seed
@@ -221,6 +222,7 @@ def _run_recipe(
         if main:
             _finish_files(run, folder, status, run_record(run, status, started, {
                 **extra_info, "finished": now(), "train_seconds": previous_seconds + elapsed,
+                "tokens": token_record(run, previous_info.get("tokens") if resume else None),
             }))
         if run.log is not None:
             if status == "finished":

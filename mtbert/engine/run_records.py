@@ -151,6 +151,22 @@ def data_hashes(recipe: Recipe) -> dict[str, dict[str, str]]:
     return out
 
 
+def token_record(run: Any, previous: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Training tokens of this run (``previous``: run.json's record before a resume, added in):
+    real tokens, padded positions and computed positions, with their ratios."""
+    encoder = getattr(getattr(run, "model", None), "encoder", None)
+    tokens = getattr(encoder, "tokens", None)
+    if tokens is None:
+        return None
+    record = tokens.record()
+    if previous:
+        for key in ("real", "positions", "computed"):
+            record[key] += int(previous.get(key, 0))
+        record["padding_efficiency"] = record["real"] / record["computed"] if record["computed"] else 1.0
+        record["batch_fill"] = record["real"] / record["positions"] if record["positions"] else 1.0
+    return record
+
+
 def run_record(run: Any, status: str, started: str, extra: dict[str, Any]) -> dict[str, Any]:
     device = run.device
     info = {

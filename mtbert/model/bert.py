@@ -67,6 +67,29 @@ class Packing:
         return out.index_copy(0, self.index, x).view(self.batch, self.length, x.shape[-1])
 
 
+class TokenCount:
+    """Tokens the training-mode forwards saw: real ones, padded positions, and the positions the
+    token-wise layers computed (the real ones when packed). ``padding_efficiency`` is real over
+    computed; ``batch_fill`` real over positions (what length bucketing alone achieves)."""
+
+    def __init__(self) -> None:
+        self.real: Tensor | int = 0  # a tensor on the batch's device: no synchronisation per step
+        self.positions = 0
+        self.computed = 0
+
+    def add(self, attention_mask: Tensor | None, shape: tuple[int, int], packing: "Packing | None") -> None:
+        positions = shape[0] * shape[1]
+        self.real = self.real + (attention_mask.detach().sum() if attention_mask is not None else positions)
+        self.positions += positions
+        self.computed += packing.index.numel() if packing is not None else positions
+
+    def record(self) -> dict[str, float | int]:
+        real = int(self.real)
+        return {"real": real, "positions": self.positions, "computed": self.computed,
+                "padding_efficiency": real / self.computed if self.computed else 1.0,
+                "batch_fill": real / self.positions if self.positions else 1.0}
+
+
 @dataclass
 class EncoderOutput:
     """What the encoder returns: per-token states [B, T, H] and the pooled [CLS] state [B, H]."""
@@ -153,6 +176,7 @@ class BertEncoder(nn.Module):
         self.hidden_size = config.hidden_size
         self.attention = attention
         self.unpad = unpad
+        self.tokens = TokenCount()
         self.gradient_checkpointing = False
         # padding_idx as in HF: the [PAD] row gets no gradient.
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
@@ -268,6 +292,8 @@ class BertEncoder(nn.Module):
         x = x + self.position_embeddings.weight[:T]
         bias = self._attention_bias(attention_mask, x)
         packing = self.packing(attention_mask)
+        if self.training:
+            self.tokens.add(attention_mask, (x.shape[0], T), packing)
         if packing is not None:
             x = packing.pack(x)
         x = self.embed_dropout(self.embed_norm(x))
