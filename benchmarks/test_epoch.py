@@ -9,6 +9,13 @@ down-sampled to the smallest task, summed losses, fused AdamW) on random trainin
 * candidate: ``data.padding = "dynamic"``, ``data.bucket = true`` (the defaults): each batch
   padded to its longest sequence, examples of similar length batched together.
 
+``test_padding_efficiency_of_a_baseline_epoch``: real tokens over the positions the encoder's
+token-wise layers compute, over one epoch of ``recipes/baseline.toml`` on the FULL training
+data (the sampler's plan: 378 batches of 16 per task), with the defaults (dynamic padding,
+length buckets, ``model.unpad = "auto"``). Its "ratio" is computed positions per real token
+(1.0 = no padding computed); **target: padding efficiency >= 90%**, ratio <= 1.11.
+``batch_fill`` is the share of real tokens in the padded batches (bucketing alone).
+
 One round is one full epoch of training steps (the sampler's plan: 4 batches of 16 per task,
 12 steps), without the dev evaluation. **Target: >= 2x faster**, time ratio <= 0.5 (real
 sentences fill about 40% of 64 tokens). bf16 autocast on CUDA. ``padding_fraction`` in
@@ -82,3 +89,41 @@ def test_epoch_dynamic_vs_fixed_padding(benchmark, device, plugins, data_dir, mi
     measure(benchmark, epoch(dynamic, "dynamic"), device=device, reference=epoch(fixed, "fixed"),
             reference_name="fixed-length padding to 64, no buckets", target_max_ratio=0.5,
             target="dynamic + buckets >= 2x faster (time ratio <= 0.5)", group="epoch-padding", info=info)
+
+
+def test_padding_efficiency_of_a_baseline_epoch(benchmark, plugins, data_dir, minilm_dir, tmp_path):
+    overrides = [f'data.dir="{data_dir}"', "train.device=cpu", "train.progress=false", "train.predict=false"]
+    recipe = _engine.recipe_file(REPO_ROOT / "recipes" / "baseline.toml", plugins, overrides)
+    trainer = _engine.build_trainer(recipe, plugins, tmp_path / "baseline")
+    encoder = trainer.run.model.encoder
+    counts: dict[str, dict[str, int]] = {}
+
+    def count() -> None:
+        counts.clear()
+        plan = trainer.sampler.epoch(0)[: trainer.steps_per_epoch]
+        for tasks in plan:
+            for task in tasks:
+                batch = trainer.streams[task].next_batch()
+                row = counts.setdefault(task, {"real": 0, "positions": 0, "computed": 0})
+                for key, mask in batch.inputs.items():
+                    if key.startswith("attention_mask"):
+                        packing = encoder.packing(mask)
+                        row["real"] += int(mask.sum())
+                        row["positions"] += mask.numel()
+                        row["computed"] += packing.index.numel() if packing is not None else mask.numel()
+
+    benchmark.group = "epoch-padding"
+    benchmark.pedantic(count, rounds=1, iterations=1)
+    real = sum(r["real"] for r in counts.values())
+    computed = sum(r["computed"] for r in counts.values())
+    positions = sum(r["positions"] for r in counts.values())
+    ratio = computed / real
+    benchmark.extra_info.update(
+        device="cpu", ratio=ratio, ratio_vs="real tokens (computed positions per real token)",
+        target_max_ratio=1 / 0.9, target="padding efficiency >= 90% (ratio <= 1.11)", target_met=ratio <= 1 / 0.9,
+        padding_efficiency=real / computed, batch_fill=real / positions, unpad=recipe.model.unpad,
+        per_task={t: {**r, "padding_efficiency": r["real"] / r["computed"], "batch_fill": r["real"] / r["positions"]}
+                  for t, r in counts.items()},
+        steps=trainer.steps_per_epoch,
+    )
+    _engine.release(trainer)
