@@ -66,9 +66,9 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise pytest.UsageError(f"{name} must be an integer, got {text!r}") from None
+        pytest.fail(f"{name} must be an integer, got {text!r}", pytrace=False)
     if value < minimum:
-        raise pytest.UsageError(f"{name} must be >= {minimum}, got {value}")
+        pytest.fail(f"{name} must be >= {minimum}, got {value}", pytrace=False)
     return value
 
 
