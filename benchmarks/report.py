@@ -8,7 +8,9 @@ Reads what ``python -m pytest benchmarks --benchmark-json=FILE`` writes (a file 
 holds its time ratio against a named reference measured in the same rounds (``ratio``,
 ``ratio_vs``), the target as the largest ratio that meets it (``target_max_ratio``) and peak
 memory (``peak_mem_mb``). Ratios are time ratios: 0.5 means the benchmark takes half the
-reference's time (2.00x faster).
+reference's time (2.00x faster). The epoch race (``extra_info["race"]``, test_epoch_race.py)
+gets a second table under the first: each side's epoch and whole-run times, dev scores and
+computed against real tokens.
 """
 
 from __future__ import annotations
@@ -115,7 +117,46 @@ def report(data: dict[str, Any]) -> tuple[str, list[str]]:
         out.append(f"\n`{_name(bench)}` ({extra.get('device')}): compilation took {extra['compile_seconds']:.1f} s; "
                    + (f"it pays back after about {payback:.0f} training steps." if payback else "it never pays back "
                       "(the compiled steps are not faster)."))
+    for bench in benches:
+        if "race" in bench.get("extra_info", {}):
+            out += ["", *race_lines(bench)]
     return "\n".join(out) + "\n", missed
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def race_lines(bench: dict[str, Any]) -> list[str]:
+    """The epoch race's two sides (benchmarks/test_epoch_race.py): times, dev scores, tokens."""
+    extra = bench["extra_info"]
+    dev_rows = extra.get("dev_rows_per_task") or {}
+    rows = ", ".join(f"{task} {n}" for task, n in dev_rows.items()) if isinstance(dev_rows, dict) else dev_rows
+    lines = [
+        f"`{_name(bench)}` ({extra.get('device')}): {extra.get('steps')} optimizer steps of batch "
+        f"{extra.get('batch_size')}, round-robin; {extra.get('train_rows_per_task')} training rows per task, "
+        f"dev rows: {rows}; mtbert precision {extra.get('mtbert_precision')}; "
+        f"{extra.get('paired_rounds', 1)} round(s). Time ratio {extra['ratio']:.3f} "
+        f"({1 / extra['ratio']:.2f}x) of the epochs' training times (the table's mean and median: the whole "
+        f"`mtbert.run()` call, start-up and evaluation included).",
+        "",
+        "| side | epoch training | whole run | sst acc | para acc | sts r | mean | tokens computed | real tokens | real / computed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    names = {"mtbert": "mtbert run (baseline, defaults)", "plain": "plain transformers loop (padded to 64)"}
+    for side, label in names.items():
+        info = extra["race"].get(side)
+        if not info:
+            continue
+        dev = info.get("dev", {})
+        efficiency = info.get("padding_efficiency")
+        lines.append("| " + " | ".join([
+            label, _seconds(info.get("train_s")), _seconds(info.get("wall_s")),
+            _score(dev.get("sst_acc")), _score(dev.get("para_acc")), _score(dev.get("sts_pearson")), _score(dev.get("mean")),
+            f"{info.get('tokens_computed', 0):,}", f"{info.get('tokens_real', 0):,}",
+            f"{efficiency * 100:.1f}%" if efficiency is not None else "",
+        ]) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
