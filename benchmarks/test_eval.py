@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 import _engine
 from _bench import measure
 
@@ -69,6 +67,3 @@ def test_eval_defaults_vs_before(benchmark, device, plugins, data_dir, minilm_di
                             "eval_batch_size": batch_size, "unpad": recipe.model.unpad, "sequences": sequences,
                             "dev_rows": {n: len(t.splits["dev"].encoded) for n, t in tasks.items()}})
     _engine.release(trainer)
-    del model, tasks
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

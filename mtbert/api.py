@@ -69,6 +69,7 @@ from mtbert.engine.sampling import (
     one_task_only,
     one_task_plan,
     unknown_task,
+    unconfigured_task,
 )
 from mtbert.engine.seeding import derive_seed
 from mtbert.engine.trainer import MultitaskTrainer
@@ -96,7 +97,7 @@ __all__ = [
     "check_dropout", "check_class_weights",
     # samplers
     "SeededSampler", "EqualCountSampler", "Order", "ORDER_HELP", "one_task_plan", "cycled_steps",
-    "largest_remainder", "unknown_task", "one_task_only",
+    "largest_remainder", "unknown_task", "unconfigured_task", "one_task_only",
     # data parallelism
     "reduce_sum", "reduce_mean", "world_size",
     # stages

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import torch
 
-from mtbert.api import did_you_mean, hookimpl, option
+from mtbert.api import hookimpl, option, unconfigured_task
 
 
 def cosent(scores: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
@@ -72,10 +72,7 @@ class CoSent:
     tasks: list[str] | None = option(None, help="regression tasks to add it to (default: every regression task)")
 
     def check_tasks(self, task_names: list[str]) -> str | None:
-        for name in self.tasks or []:
-            if name not in task_names:
-                return f"tasks: '{name}' is not configured under [tasks]{did_you_mean(name, task_names)}"
-        return None
+        return unconfigured_task(self.tasks, task_names)
 
     def build(self) -> CoSentState:
         return CoSentState(self)

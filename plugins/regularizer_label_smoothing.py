@@ -27,7 +27,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mtbert.api import did_you_mean, hookimpl, option
+from mtbert.api import hookimpl, option, unconfigured_task
 
 
 def smoothing_term(label_kind: str, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,10 +67,7 @@ class LabelSmoothing:
     tasks: list[str] | None = option(None, help="classification tasks to smooth (default: every classification task)")
 
     def check_tasks(self, task_names: list[str]) -> str | None:
-        for name in self.tasks or []:
-            if name not in task_names:
-                return f"tasks: '{name}' is not configured under [tasks]{did_you_mean(name, task_names)}"
-        return None
+        return unconfigured_task(self.tasks, task_names)
 
     def build(self) -> LabelSmoothingState:
         return LabelSmoothingState(self)

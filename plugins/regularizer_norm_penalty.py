@@ -26,7 +26,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from mtbert.api import RecipeError, did_you_mean, hookimpl, option
+from mtbert.api import did_you_mean, hookimpl, option, RecipeError, unconfigured_task
 
 NormName = Literal["l1", "l2", "linf"]
 _ORD = {"l1": 1.0, "l2": 2.0, "linf": float("inf")}
@@ -90,10 +90,7 @@ class NormPenalty:
     def check_tasks(self, task_names: list[str]) -> str | None:
         if self.tasks is not None and not self.tasks:
             return "tasks: give at least one task, or leave it out for all tasks"
-        for name in self.tasks or []:
-            if name not in task_names:
-                return f"tasks: '{name}' is not configured under [tasks]{did_you_mean(name, task_names)}"
-        return None
+        return unconfigured_task(self.tasks, task_names)
 
     def build(self) -> NormPenaltyState:
         return NormPenaltyState(self)

@@ -30,7 +30,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mtbert.api import did_you_mean, hookimpl, option
+from mtbert.api import hookimpl, option, unconfigured_task
 
 
 def symmetric_divergence(label_kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -87,10 +87,7 @@ class RDrop:
     tasks: list[str] | None = option(None, help="tasks to regularize (default: all)")
 
     def check_tasks(self, task_names: list[str]) -> str | None:
-        for name in self.tasks or []:
-            if name not in task_names:
-                return f"tasks: '{name}' is not configured under [tasks]{did_you_mean(name, task_names)}"
-        return None
+        return unconfigured_task(self.tasks, task_names)
 
     def build(self) -> RDropState:
         return RDropState(self)

@@ -133,6 +133,14 @@ def unknown_task(names: Iterable[str], task_names: list[str], key: str) -> str |
     return None
 
 
+def unconfigured_task(names: Iterable[str] | None, task_names: list[str]) -> str | None:
+    """A component's ``check_tasks`` reason for its ``tasks`` option: the first name not under [tasks]."""
+    for name in names or []:
+        if name not in task_names:
+            return f"tasks: '{name}' is not configured under [tasks]{did_you_mean(name, task_names)}"
+    return None
+
+
 def one_task_only(sampler: str, why: str, alternative: str) -> str:
     """Why a sampler refuses ``step = "all-tasks"`` (raised as ValueError by its options class)."""
     return f"step = \"all-tasks\" does not fit sampler '{sampler}': {why}; {alternative}"
