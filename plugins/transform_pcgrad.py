@@ -25,9 +25,8 @@ What this implementation guarantees (the most used reference implementation gets
 * ``reduction = "sum"`` and ``"mean"`` really differ: for T tasks, sum = T x mean.
 * Vectorised: the projections are done on the ``T x T`` Gram matrix of the gradients (each
   ``g_i'`` is a combination ``sum_k A_ik g_k`` of the original gradients), so the ``P``-sized work
-  is ``T(T+1)/2`` dot products and one matrix-vector product ``[P, T] x [T]`` on the device,
-  whatever the number of parameters. The dot products use ``torch.dot`` (fp32 accumulation,
-  never TF32).
+  is ``T(T+1)/2`` dot products and ``T`` scaled additions on the device, whatever the number of
+  parameters. The dot products use ``torch.dot`` (fp32 accumulation, never TF32).
 * Gradient accumulation: the engine accumulates each task's gradient over the micro-batches of
   an optimizer step, and the surgery is applied once to those sums.
 
@@ -99,18 +98,6 @@ def surgery_coefficients(
     return coeff, applied, visited
 
 
-def combination(grads: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """``sum_k weights[k] * grads[k]`` over the rows with a non-zero weight, as one matrix-vector
-    product: one pass over the ``[T, P]`` matrix and one write of the result (a zero-filled
-    result plus one ``add_`` per row reads and writes it ``T + 1`` times)."""
-    rows = [k for k, w in enumerate(weights) if w != 0.0]
-    if not rows:
-        return torch.zeros_like(grads[0])
-    if len(rows) < len(weights):  # a row left out entirely (no 0 * inf), as a loop over rows would
-        grads, weights = grads[rows], [weights[k] for k in rows]
-    return torch.mv(grads.t(), torch.tensor(weights, dtype=grads.dtype).to(grads.device))
-
-
 class PCGradState:
     needs = "per-task"
 
@@ -129,7 +116,10 @@ class PCGradState:
         combine = coeff.sum(dim=0)  # sum_i g_i' = sum_k (sum_i A_ik) g_k
         if self.options.reduction == "mean":
             combine = combine / count
-        out = combination(grads, combine.tolist())
+        out = torch.zeros_like(grads[0])
+        for k, c in enumerate(combine.tolist()):
+            if c != 0.0:
+                out.add_(grads[k], alpha=c)
         self._logs = self._statistics(gram, tasks, applied, visited)
         return out
 

@@ -204,40 +204,6 @@ def test_two_tasks_no_conflict_remains(values, seed):
         assert float(projected[i] @ grads[j]) >= -1e-4  # g_i' no longer conflicts with g_j
 
 
-def _row_by_row(grads: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """The combination as it was computed before one matrix-vector product: zeros, then one add_ per row."""
-    out = torch.zeros_like(grads[0])
-    for k, c in enumerate(weights):
-        if c != 0.0:
-            out.add_(grads[k], alpha=c)
-    return out
-
-
-@settings(max_examples=80, deadline=None)
-@given(grad_rows, st.lists(st.sampled_from([0.0, 1.0, -0.5, 0.37, 2.25, 1e-3]), min_size=4, max_size=4))
-def test_combination_equals_the_row_by_row_sum(rows, weights):
-    grads = torch.tensor(rows, dtype=torch.float32) / 7
-    weights = weights[: len(rows)]
-    got = pcgrad_module.combination(grads, weights)
-    torch.testing.assert_close(got, _row_by_row(grads, weights), rtol=1e-6, atol=1e-7)
-
-
-def test_combination_leaves_out_rows_with_zero_weight_entirely():
-    grads = torch.tensor([[1.0, 2.0], [float("inf"), float("nan")], [0.5, -1.0]])
-    assert torch.equal(pcgrad_module.combination(grads, [2.0, 0.0, -1.0]), torch.tensor([1.5, 5.0]))
-    assert torch.equal(pcgrad_module.combination(grads, [0.0, 0.0, 0.0]), torch.zeros(2))
-
-
-def test_combination_on_a_large_buffer_equals_the_row_by_row_sum():
-    """At the engine's scale: three MiniLM-sized rows (most of the word-embedding block zero)."""
-    torch.manual_seed(0)
-    grads = torch.zeros(3, 1_000_003)
-    grads[:, 600_000:].normal_()
-    grads[:, :20_000].normal_()
-    weights = [1.0, 0.8316, 1.1042]
-    torch.testing.assert_close(pcgrad_module.combination(grads, weights), _row_by_row(grads, weights), rtol=1e-6, atol=1e-6)
-
-
 # =========================================================================== state
 def test_randomness_is_reproducible_from_state():
     torch.manual_seed(0)
