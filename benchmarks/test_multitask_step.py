@@ -14,10 +14,10 @@ gradient transforms, optimizer).
   **Target: <= 1.3x plain**;
 * ``smart``: SMART smoothness regularizer with K = 1 ascent step (Jiang et al. 2020), its
   defaults. **Target: <= (2 + K)x = 3x plain** (one clean, K adversarial and one final forward).
-  The default ``dropout = "shared"`` recomputes the clean forward with the adversarial passes'
-  dropout masks, one forward pass beyond that budget;
+  With the default ``dropout = "shared"`` the clean forward is the training forward too: its
+  random state, captured by the trainer, is replayed for the adversarial and final passes;
 * ``smart-independent``: the same with ``dropout = "independent"`` (the training forward is the
-  clean one), the pass count the (2 + K) budget assumes. Same target.
+  clean one, fresh masks for the other passes), the same pass count. Same target.
 
 Peak memory of a step (see _bench.py for how it is measured) goes beside each time.
 """

@@ -71,7 +71,7 @@ from mtbert.engine.sampling import (
     unknown_task,
     unconfigured_task,
 )
-from mtbert.engine.seeding import derive_seed
+from mtbert.engine.seeding import RandomState, derive_seed
 from mtbert.engine.trainer import MultitaskTrainer
 from mtbert.errors import CheckpointError, DataError, MtbertError, RecipeError, RunInterrupted
 from mtbert.metrics import confusion_matrix
@@ -89,7 +89,7 @@ __all__ = [
     "InputFormat", "Head", "HeadModule", "ChecksTasks", "Sampler", "SamplerState", "LossCombiner", "LossCombinerState",
     "GradientTransform", "GradientTransformState", "Regularizer", "RegularizerState", "Stage",
     "OptimizerGroups", "OptimizerGroupsState", "WeightAverage", "WeightAverageState",
-    "Batch", "EncodedExamples", "Features", "Combined", "PenaltyContext", "StepMode", "GradientNeeds",
+    "Batch", "EncodedExamples", "Features", "Combined", "PenaltyContext", "RandomState", "StepMode", "GradientNeeds",
     "StatelessCombiner",
     # input formats and heads
     "pad_batch", "BertTokenizer", "TaskHeadModule", "Pooling", "PairPart", "Activation", "pool", "masked_mean",

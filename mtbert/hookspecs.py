@@ -99,7 +99,9 @@ def mtbert_register_regularizers(register: Register) -> None:
     """Register regularizers: extra loss terms, or one-time changes to modules.
 
     Contract: :class:`mtbert.api.Regularizer`; ``build()`` returns a
-    :class:`mtbert.api.RegularizerState` (``setup(model)`` once, ``penalty(context)`` per batch).
+    :class:`mtbert.api.RegularizerState` (``setup(model)`` once, ``penalty(context)`` per batch;
+    ``wants_random_state = True`` gets ``context.random_state``, the generators' state just
+    before the training forward, to replay its dropout masks).
     """
 
 

@@ -31,13 +31,20 @@ through f(x~) and — because the paper's objective depends on theta through bot
 l_s — through f(x) too (``clean_gradient = false`` detaches f(x), as virtual adversarial
 training does).
 
-Dropout: with ``dropout = "shared"`` (default) f(x) is recomputed and every pass of the
-regularizer replays the same random state, so f(x) and f(x~) use the same dropout masks and
-R_s measures the effect of the perturbation alone (without it, at epsilon = 1e-5 the term is
-almost entirely the difference of two dropout masks). It costs one more forward pass;
-``"independent"`` reuses the training forward pass's predictions as f(x) (the reference
-implementations' behaviour). Cost per regularized batch: ``steps`` forward+backward passes
-to the input, one forward pass (plus one with shared dropout) and their backward.
+Dropout: with ``dropout = "shared"`` (default) f(x) and every f(x~) use the same dropout
+masks, so R_s measures the effect of the perturbation alone (without it, at epsilon = 1e-5 the
+term is almost entirely the difference of two dropout masks). The state sets
+``wants_random_state``, so the engine captures the global random state just before the
+training forward (``context.random_state``); f(x) is that forward's own predictions, and the
+ascent and final passes replay the captured state, i.e. the training forward's masks. The
+noise is drawn after the training forward, from numbers no replayed pass uses, and afterwards
+the generators are set back to where the noise left them, so later draws are fresh. A caller
+that gives no ``random_state`` gets the same objective at one more forward pass: f(x) is
+recomputed under a state captured after the noise, which the other passes replay.
+``"independent"`` reuses the training predictions as f(x) with fresh masks for the other passes
+(the reference implementations' behaviour). Cost per regularized batch, either way: ``steps``
+forward passes with a backward to the input only (no parameter gradients), and one forward
+pass with its backward (the final term); f(x) costs nothing beyond the training forward.
 
 Defaults. The paper's Section 5 lists epsilon = 1e-5, sigma = 1e-5, eta = 1e-3, and MT-DNN's
 code (the authors') shows what they mean: its epsilon is no radius but the stabiliser of a
@@ -73,7 +80,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from mtbert.api import did_you_mean, hookimpl, option
+from mtbert.api import RandomState, hookimpl, option, unconfigured_task
 
 Norm = Literal["linf", "l2"]
 #: Defaults, as fractions of each token's embedding norm (see the module docstring).
@@ -170,26 +177,6 @@ def radii(words: Sequence[torch.Tensor], norm: Norm, scope: Scope) -> list[torch
     return [token_norms(w, norm).detach()[..., None].to(w.dtype) for w in words]
 
 
-class _RandomState:
-    """The global generators' state (CPU and the batch's accelerator), to replay dropout masks."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cpu = torch.get_rng_state()
-        self.accelerator = None
-        if device.type == "cuda":
-            self.accelerator = torch.cuda.get_rng_state(device)
-        elif device.type == "mps":
-            self.accelerator = torch.mps.get_rng_state()
-
-    def replay(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(self.accelerator, self.device)
-        elif self.device.type == "mps":
-            torch.mps.set_rng_state(self.accelerator)
-
-
 # --------------------------------------------------------------------------- the regularizer
 class SmartState:
     """Runtime side of :class:`Smart`; ``last_perturbation`` keeps the last delta (detached)."""
@@ -202,6 +189,8 @@ class SmartState:
         self.updates = 0
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        #: Shared dropout replays the training forward's masks: the engine captures its random state.
+        self.wants_random_state = options.dropout == "shared" and options.weight > 0
 
     # ----------------------------------------------------------------- contract
     def setup(self, model: Any) -> None:
@@ -249,18 +238,21 @@ class SmartState:
             words = model.word_embeddings(batch)
         size = radii(words, opts.norm, opts.scope) if opts.scale == "relative" else [1.0] * len(words)
         ball = [opts.epsilon * r for r in size]
-        # The noise is drawn before the random state is captured, so that the passes below
-        # (which replay that state) never reuse the noise's random numbers.
+        # The noise is drawn after the training forward (and before any state captured here), so
+        # the passes below, which replay the state before that forward, never reuse its numbers.
         delta = [
             torch.randn_like(w) * opts.sigma * r * m[..., None].to(w.dtype) for w, r, m in zip(words, size, masks)
         ]
-        replay = _RandomState(words[0].device) if opts.dropout == "shared" else None
-
-        if replay is not None:
-            replay.replay()
-            clean = model(batch)
-        else:
-            clean = context.predictions
+        replay: RandomState | None = None
+        after_noise: RandomState | None = None
+        clean = context.predictions
+        if opts.dropout == "shared":
+            replay = getattr(context, "random_state", None)
+            if replay is not None:  # f(x) is the training forward: replay its masks, then go on fresh
+                after_noise = RandomState(words[0].device)
+            else:  # no captured state: recompute f(x) under one the other passes replay
+                replay = RandomState(words[0].device)
+                clean = model(batch)
         target = clean.detach()
 
         for _ in range(opts.steps):
@@ -288,6 +280,8 @@ class SmartState:
             replay.replay()
         embeds = model.word_embeddings(batch)  # with gradients into the embedding matrix
         adv = model(batch, inputs_embeds=tuple(e + d for e, d in zip(embeds, delta)))
+        if after_noise is not None:  # later random numbers (dropout of the next batch) are fresh
+            after_noise.replay()
         reference = clean if opts.clean_gradient else target
         return divergence(kind, adv, reference).mean()
 
@@ -356,7 +350,7 @@ class Smart:
     scale: Literal["relative", "absolute"] = option(
         "relative", help="relative: epsilon, sigma, step_size are fractions of the clean embeddings' norm (per scope); absolute: as given")
     dropout: Literal["shared", "independent"] = option(
-        "shared", help="shared: f(x) and f(x+delta) use the same dropout masks (one more forward); independent: reuse the training predictions"
+        "shared", help="shared: f(x) and f(x+delta) use the same dropout masks (the training forward's, replayed); independent: fresh masks for f(x+delta)"
     )
     clean_gradient: bool = option(True, help="let the gradient flow through f(x) as well as f(x+delta) (the paper's objective)")
     tasks: list[str] | None = option(None, help="tasks to regularize (default: all)")
@@ -366,12 +360,9 @@ class Smart:
     bregman_early_updates: int = option(0, help="updates that use bregman_early_momentum (paper: the first 10% of training)", min=0)
 
     def check_tasks(self, task_names: list[str]) -> str | None:
-        for name in self.tasks or []:
-            if name not in task_names:
-                return f"tasks: '{name}' is not configured under [tasks]{did_you_mean(name, task_names)}"
         if self.tasks is not None and not self.tasks:
             return "tasks: give at least one task, or leave it out for all tasks"
-        return None
+        return unconfigured_task(self.tasks, task_names)
 
     def build(self) -> SmartState:
         return SmartState(self)

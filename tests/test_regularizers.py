@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ from mtbert.data.readers import Example
 from mtbert.engine.components import PenaltyContext
 from mtbert.engine.heads import TaskHeadModule
 from mtbert.engine.multitask_model import MultitaskModel
+from mtbert.engine.trainer import MultitaskTrainer
+from mtbert.engine.seeding import RandomState
 from mtbert.errors import RecipeError
 from mtbert.model.bert import BertEncoder
 from mtbert.model.config import BertConfig
@@ -78,10 +81,14 @@ def make_batch(tokenizer, task: str):
     return fmt.collate(encoded, list(range(len(examples))), task, dtype)
 
 
-def context_for(model, batch):
+def context_for(model, batch, capture: bool = False):
+    """The context of a training forward; ``capture``: with the random state before it, as the trainer gives
+    it to a regularizer that ``wants_random_state``."""
+    random_state = RandomState(torch.device("cpu")) if capture else None
     predictions = model(batch)
     loss = model.heads[batch.task].loss(predictions, batch.labels)
-    return PenaltyContext(model=model, task=batch.task, batch=batch, predictions=predictions, loss=loss)
+    return PenaltyContext(model=model, task=batch.task, batch=batch, predictions=predictions, loss=loss,
+                          random_state=random_state)
 
 
 def smart(model, **options):
@@ -284,23 +291,116 @@ def test_penalty_is_zero_for_a_constant_model_and_positive_otherwise(tokenizer):
         assert value.item() == 0.0
 
 
-def test_shared_dropout_masks_isolate_the_perturbation(tokenizer):
-    """With dropout on and no perturbation, shared masks give exactly zero; independent masks do not."""
+@pytest.mark.parametrize("capture", [True, False])
+def test_shared_dropout_masks_isolate_the_perturbation(tokenizer, capture):
+    """With dropout on and no perturbation, shared masks give exactly zero; independent masks do not.
+    ``capture``: the engine's path (f(x) is the training forward, its masks replayed); without: f(x)
+    is recomputed."""
     model = make_model(dropout=0.3)
     model.train()
     batch = make_batch(tokenizer, "sst")
-    shared = smart(model, sigma=0.0, steps=0, dropout="shared").penalty(context_for(model, batch))
+    shared = smart(model, sigma=0.0, steps=0, dropout="shared").penalty(context_for(model, batch, capture))
     assert shared.item() == 0.0
     independent = smart(model, sigma=0.0, steps=0, dropout="independent").penalty(context_for(model, batch))
     assert independent.item() > 0
 
 
-def test_gradient_flows_through_both_predictions_with_detached_delta(tokenizer):
+@pytest.mark.parametrize("task", ["sst", "sts"])
+def test_shared_dropout_reuses_the_training_forward_and_its_masks(tokenizer, task):
+    """The engine's path: f(x) IS the training forward, and the ascent and the final pass replay its
+    random state (its dropout masks). A reference that replays that state by hand gives the same
+    perturbation and penalty; afterwards the generator is where the noise left it, so the next
+    random numbers repeat neither the noise nor the training forward's masks."""
+    model = make_model(dropout=0.3).train()
+    batch = make_batch(tokenizer, task)
+    kind = model.heads[task].label_kind
+    eps, step, sigma = 1e-2, 1e-2, 1e-3
+    torch.manual_seed(7)
+    ctx = context_for(model, batch, capture=True)
+    state = smart(model, epsilon=eps, step_size=step, sigma=sigma, steps=1)
+    assert state.wants_random_state
+    value = state.penalty(ctx)
+    shapes = [s["input_ids"].shape + (HIDDEN,) for s in model.sequences(batch)]
+    following = [torch.randn(shape) for shape in shapes]  # what later random draws get
+
+    # By hand: the same seed, the training forward, then the noise.
+    torch.manual_seed(7)
+    start = RandomState(torch.device("cpu"))
+    clean = model(batch)
+    torch.testing.assert_close(clean, ctx.predictions, rtol=0, atol=0)
+    masks = [s["attention_mask"][..., None].float() for s in model.sequences(batch)]
+    with torch.no_grad():
+        words = model.word_embeddings(batch)
+    raw = [torch.randn_like(w) for w in words]
+    after_noise = torch.get_rng_state()
+    noise = [r * sigma * m for r, m in zip(raw, masks)]
+    leaves = [d.clone().requires_grad_(True) for d in noise]
+    start.replay()
+    adv = model(batch, inputs_embeds=tuple(w + d for w, d in zip(words, leaves)))
+    grads = torch.autograd.grad(divergence(kind, adv, clean.detach()).sum(), leaves)
+    moved = [d + step * g for d, g in zip(noise, smart_module.normalise(grads, "linf", "example"))]
+    delta = [d * m for d, m in zip(smart_module.project(moved, "linf", "example", eps), masks)]
+    for got, want in zip(state.last_perturbation, delta):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+    start.replay()
+    final = model(batch, inputs_embeds=tuple(w + d for w, d in zip(model.word_embeddings(batch), delta)))
+    torch.testing.assert_close(value, divergence(kind, final, clean).mean(), rtol=1e-5, atol=1e-9)
+    assert value.item() > 0
+
+    # The stream after the penalty continues from where the noise left it: fresh numbers, not the
+    # noise again (the draws of the same shapes would repeat it), nor the training forward's.
+    torch.set_rng_state(after_noise)
+    assert all(torch.equal(a, torch.randn(shape)) for a, shape in zip(following, shapes))
+    assert not any(torch.equal(a, r) for a, r in zip(following, raw))
+    start.replay()
+    assert not any(torch.equal(a, torch.randn(shape)) for a, shape in zip(following, shapes))
+
+
+def test_independent_dropout_and_no_smoothness_term_want_no_random_state():
+    assert Smart().build().wants_random_state
+    assert not Smart(dropout="independent").build().wants_random_state
+    assert not Smart(weight=0.0, bregman_weight=1.0).build().wants_random_state
+
+
+def test_trainer_captures_the_random_state_before_the_training_forward_only_when_wanted(tokenizer):
+    """The engine's side of the contract: ``context.random_state`` replays the training forward's masks."""
+    model = make_model(dropout=0.3).train()
+    batch = make_batch(tokenizer, "sst")
+
+    class Spy:
+        def __init__(self, wants: bool):
+            self.wants_random_state = wants
+            self.contexts: list[PenaltyContext] = []
+
+        def penalty(self, context):
+            self.contexts.append(context)
+            return None
+
+    for wants in (True, False):
+        spy = Spy(wants)
+        trainer = MultitaskTrainer.__new__(MultitaskTrainer)
+        trainer.run = SimpleNamespace(model=model, regularizers=[(SimpleNamespace(name="spy"), spy)], examples_seen=0)
+        trainer.streams = {"sst": SimpleNamespace(next_shard=lambda: (batch, 1.0), last_global_size=3)}
+        trainer.device = torch.device("cpu")
+        trainer.recipe = SimpleNamespace(train=SimpleNamespace(precision="fp32"))
+        trainer._task_loss("sst")
+        (context,) = spy.contexts
+        if not wants:
+            assert context.random_state is None
+            continue
+        later = torch.get_rng_state()
+        context.random_state.replay()
+        torch.testing.assert_close(model(batch), context.predictions, rtol=0, atol=0)
+        torch.set_rng_state(later)
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_gradient_flows_through_both_predictions_with_detached_delta(tokenizer, capture):
     """The penalty's parameter gradient equals that of l_s(f(x + delta), f(x)) with delta fixed."""
     model = make_model()
     batch = make_batch(tokenizer, "sts")
     state = smart(model, epsilon=1e-2, step_size=1e-2, weight=3.0)
-    ctx = context_for(model, batch)
+    ctx = context_for(model, batch, capture)
     state.penalty(ctx).backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -380,6 +480,9 @@ def test_position_embeddings_enter_the_forward_pass_once(tokenizer, task):
     model.train()
     smart(model, steps=1, dropout="shared").penalty(context_for(model, batch))
     assert counter.reads == sequences * (1 + 1 + 1 + 1)  # training forward, f(x), one ascent, final
+    counter.reads = 0
+    smart(model, steps=1, dropout="shared").penalty(context_for(model, batch, capture=True))
+    assert counter.reads == sequences * (1 + 1 + 1)  # f(x) is the training forward (its masks replayed)
     counter.reads = 0
     smart(model, steps=2, dropout="independent").penalty(context_for(model, batch))
     assert counter.reads == sequences * (1 + 2 + 1)

@@ -297,18 +297,23 @@ class GradientTransform(ChecksTasks, Protocol):
 
 @attrs.define
 class PenaltyContext:
-    """What a regularizer sees for one task's batch."""
+    """What a regularizer sees for one task's batch. ``random_state``: the global generators'
+    state (an ``mtbert.api.RandomState``) just before the forward that gave ``predictions``,
+    captured only when a regularizer sets ``wants_random_state``; replaying it repeats that
+    forward's dropout masks (SMART's shared dropout reuses the training forward as f(x))."""
 
     model: Any
     task: str
     batch: Batch
     predictions: torch.Tensor
     loss: torch.Tensor
+    random_state: Any = None
 
 
 class RegularizerState(Protocol):
-    """What a regularizer's ``build`` returns. Optional: ``after_step``, ``state_dict`` and
-    ``load_state_dict``."""
+    """What a regularizer's ``build`` returns. Optional: ``after_step``, ``state_dict``,
+    ``load_state_dict`` and the attribute ``wants_random_state`` (True: the engine captures
+    ``PenaltyContext.random_state``; a regularizer that replays it restores the generators after)."""
 
     def setup(self, model: Any) -> None:
         """Once, before training and before a resumed run loads its weights: wrap or change

@@ -37,7 +37,7 @@ from mtbert.engine.gradients import SharedGradients, apply_transforms, build_tra
 from mtbert.engine.health import diverged_component
 from mtbert.engine.optim import build_optimizer, build_scheduler
 from mtbert.engine.progress import Progress
-from mtbert.engine.seeding import derive_seed
+from mtbert.engine.seeding import RandomState, derive_seed
 from mtbert.errors import MtbertError, RunInterrupted
 
 
@@ -204,12 +204,16 @@ class MultitaskTrainer:
         run.examples_seen += stream.last_global_size
         batch = batch.to(self.device)
         logs: dict[str, float] = {}
+        # Only for a regularizer that replays this forward's dropout masks (SMART's shared dropout).
+        wanted = any(getattr(r, "wants_random_state", False) for _, r in run.regularizers)
+        random_state = RandomState(self.device) if wanted else None
         with autocast(self.device, self.run.precision.name):
             predictions = run.model(batch)
         loss = run.model.heads[task].loss(predictions, batch.labels)
         logs[f"loss/{task}"] = float(loss.detach())
         if run.regularizers:
-            context = PenaltyContext(model=run.model, task=task, batch=batch, predictions=predictions, loss=loss)
+            context = PenaltyContext(model=run.model, task=task, batch=batch, predictions=predictions, loss=loss,
+                                     random_state=random_state)
             for spec, regularizer in run.regularizers:
                 with autocast(self.device, self.run.precision.name):  # extra forwards as the main one
                     term = regularizer.penalty(context)

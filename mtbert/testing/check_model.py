@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mtbert.engine.components import Batch, PenaltyContext
+from mtbert.engine.seeding import RandomState
 from mtbert.testing.builders import default_plugins, registered_options, tiny_batch, tiny_model
 from mtbert.testing.checker import (
     Checker, check_fits_tasks, component_label, grads_finite, has_gradient, isolated, options_instance, sgd_step,
@@ -115,9 +116,12 @@ def check_regularizer(options: Any, *, name: str | None = None, plugins: Any = N
         return regularizer
 
     def step(model: Any, regularizer: Any, task: str, batch: Batch, train: bool) -> tuple[torch.Tensor, Any]:
+        wanted = getattr(regularizer, "wants_random_state", False)  # as the trainer: captured just before the forward
+        random_state = RandomState(next(model.parameters()).device) if wanted else None
         predictions = model(batch)
         loss = model.heads[task].loss(predictions, batch.labels)
-        context = PenaltyContext(model=model, task=task, batch=batch, predictions=predictions, loss=loss)
+        context = PenaltyContext(model=model, task=task, batch=batch, predictions=predictions, loss=loss,
+                                 random_state=random_state)
         term = check.call("penalty()", regularizer.penalty, context)
         where = f"(task {task})"
         if term is not None:
