@@ -55,20 +55,15 @@ from mtbert.api import hookimpl, option
 
 
 def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
-    """``G[i, j] = g_i . g_j`` in float64 on the CPU (one synchronisation), from fp32 dots."""
-    count = grads.shape[0]
-    dots = []
-    for i in range(count):
-        for j in range(i, count):
-            dots.append(torch.dot(grads[i], grads[j]))
-    values = torch.stack(dots).double().cpu().tolist() if dots else []
-    gram = torch.zeros(count, count, dtype=torch.float64)
-    k = 0
-    for i in range(count):
-        for j in range(i, count):
-            gram[i, j] = gram[j, i] = values[k]
-            k += 1
-    return gram
+    """``G[i, j] = g_i . g_j`` in float64 on the CPU (one synchronisation).
+
+    One ``[T, P] @ [P, T]`` product reads the buffer once; T(T+1)/2 separate dot products
+    read it T+1 times (for 3 tasks and MiniLM's 22.7M shared parameters: 0.27 against 1.1 GB).
+    """
+    if grads.shape[0] == 0:
+        return torch.zeros(0, 0, dtype=torch.float64)
+    gram = (grads @ grads.T).double().cpu()
+    return (gram + gram.T) / 2  # exactly symmetric
 
 
 def surgery_coefficients(
@@ -116,10 +111,16 @@ class PCGradState:
         combine = coeff.sum(dim=0)  # sum_i g_i' = sum_k (sum_i A_ik) g_k
         if self.options.reduction == "mean":
             combine = combine / count
-        out = torch.zeros_like(grads[0])
-        for k, c in enumerate(combine.tolist()):
-            if c != 0.0:
+        out: torch.Tensor | None = None
+        for k, c in enumerate(combine.tolist()):  # sum_k c_k g_k, one pass per task row
+            if c == 0.0:
+                continue
+            if out is None:
+                out = grads[k] * c
+            else:
                 out.add_(grads[k], alpha=c)
+        if out is None:
+            out = torch.zeros_like(grads[0])
         self._logs = self._statistics(gram, tasks, applied, visited)
         return out
 

@@ -71,12 +71,17 @@ class SharedGradients:
         for p, view in zip(self.parameters, self.views):
             p.grad = view if p.dtype == view.dtype else None
 
-    def rebind(self) -> None:
-        """Point every ``.grad`` at its view again (after ``zero_grad(set_to_none=True)``)."""
+    def rebind(self, zero: bool = True) -> None:
+        """Point every ``.grad`` at its view again (after ``zero_grad(set_to_none=True)``).
+
+        ``zero=False`` skips clearing the main buffer, for callers whose backward passes all go
+        to other targets (:meth:`redirect`) and who then overwrite it whole (:meth:`assign`).
+        """
         if self.current is not self.buffer:
             self.current = self.buffer
             self.views = self._views_into(self.buffer)
-        self.buffer.zero_()
+        if zero:
+            self.buffer.zero_()
         self.used.clear()
         for p, view in zip(self.parameters, self.views):
             p.grad = view if p.dtype == view.dtype else None
