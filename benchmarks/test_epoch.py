@@ -4,8 +4,9 @@ Both runs are ``recipes/baseline.toml`` (MiniLM-L6, linear heads, round-robin sa
 down-sampled to the smallest task, summed losses, fused AdamW) on random training slices of
 64 rows per task with ``data.max_length = 64``; they differ only in batching:
 
-* reference: ``data.padding = "max_length"``, ``data.bucket = false``: every batch padded to
-  64 tokens, as a fixed-length pipeline (the CS224N skeleton's ``padding="max_length"``) does;
+* reference: ``data.padding = "max_length"``, ``data.bucket = false``, ``model.unpad = "never"``:
+  every batch padded to 64 tokens and every position computed, as a fixed-length pipeline (the
+  CS224N skeleton's ``padding="max_length"``) does;
 * candidate: ``data.padding = "dynamic"``, ``data.bucket = true`` (the defaults): each batch
   padded to its longest sequence, examples of similar length batched together.
 
@@ -43,6 +44,7 @@ def _overrides(data_dir, device: torch.device, fixed: bool) -> list[str]:
         "data.cache=false",
         f"data.padding={'max_length' if fixed else 'dynamic'}",
         f"data.bucket={'false' if fixed else 'true'}",
+        f"model.unpad={'never' if fixed else 'auto'}",
         "optim.epochs=1",
         f"train.device={device.type}",
         f"train.precision={'bf16' if device.type == 'cuda' else 'fp32'}",

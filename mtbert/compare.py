@@ -81,6 +81,11 @@ def read_run(folder: Path) -> RunRecord:
             info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
         except ValueError:
             info = {}
+    ran = (info.get("device") or {}).get("precision") if isinstance(info.get("device"), dict) else None
+    train = recipe.get("train") if isinstance(recipe.get("train"), dict) else None
+    if ran and train is not None and train.get("precision", "auto") == "auto":
+        # "auto" resolves per machine: runs that computed in bf16 and in fp32 are no replicates.
+        train["precision"] = f"auto ({ran})"
     return RunRecord(folder=folder, name=folder.name, recipe=recipe, best=summary.get("best"), history=history,
                      seconds=info.get("train_seconds"), status=info.get("status", "unknown"))
 

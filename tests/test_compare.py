@@ -410,3 +410,26 @@ def test_metric_option_chooses_the_columns(plugin_task_runs, runs):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines() == [
         f"error: --metric sst_f1: no compared run has this dev metric; they have: {', '.join(best(runs['a'])['dev'])}"]
+
+
+def test_auto_precision_runs_pool_only_when_they_computed_in_the_same_precision(seeded, tmp_path):
+    import shutil
+
+    out, _, _ = seeded
+    copies = []
+    for seed, ran in ((5, "fp32"), (1, "fp32"), (2, "bf16")):
+        source = out / f"cmp-optim.lr=1e-3-seed={seed}"
+        target = tmp_path / source.name
+        shutil.copytree(source, target)
+        recipe = (target / "recipe.toml").read_text()
+        assert 'precision = "auto"' in recipe  # the default
+        info = json.loads((target / "run.json").read_text())
+        info["device"]["precision"] = ran
+        (target / "run.json").write_text(json.dumps(info))
+        copies.append(str(target))
+    result = invoke("compare", *copies)
+    assert result.exit_code == 0, result.output
+    headers, rows, _ = markdown_rows(result.output)
+    assert [r[headers.index("n")] for r in rows] == ["2", "1"]
+    assert "train.precision" in headers
+    assert {r[headers.index("train.precision")] for r in rows} == {"auto (fp32)", "auto (bf16)"}
