@@ -99,3 +99,27 @@ def test_gradnorm_rates_use_the_task_losses_without_regularizer_terms():
     plain = GradNorm(layer="all-shared").build(["tiny_sentiment", "tiny_similarity"], model)
     plain.combine(losses(1.0))
     assert plain.initial == {"tiny_sentiment": pytest.approx(1.0), "tiny_similarity": pytest.approx(2.0)}
+
+
+def test_plain_steps_without_the_flat_buffer_train_bit_for_bit_the_same(mtbert_plugins, mtbert_tiny_run, monkeypatch):
+    """Without transforms (one process) gradients stay autograd's own: same weights as through the buffer."""
+    from safetensors.torch import load_file
+
+    from mtbert.engine.trainer import MultitaskTrainer
+
+    built = []
+    original = MultitaskTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self.grads)
+
+    monkeypatch.setattr(MultitaskTrainer, "__init__", spy)
+    plain, _ = mtbert_tiny_run(["optim.epochs=1"], name="plain")
+    assert built == [None]
+    monkeypatch.setattr(MultitaskTrainer, "_flat_gradients_needed", lambda self: True)
+    flat, _ = mtbert_tiny_run(["optim.epochs=1"], name="flat")
+    assert built[1] is not None
+    a = load_file(str(plain / "checkpoints" / "best.safetensors"))
+    b = load_file(str(flat / "checkpoints" / "best.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

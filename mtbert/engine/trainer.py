@@ -105,7 +105,7 @@ class MultitaskTrainer:
         self.scheduler = build_scheduler(self.optimizer, recipe.optim.schedule, self.updates_per_epoch * epochs,
                                          recipe.optim.warmup)
 
-        self.grads = SharedGradients(shared, self.device) if shared else None
+        self.grads = SharedGradients(shared, self.device) if shared and self._flat_gradients_needed() else None
         self.task_grads: torch.Tensor | None = None
 
         self.epoch = 0
@@ -178,6 +178,11 @@ class MultitaskTrainer:
                     torch.cuda.set_rng_state(cuda, self.device)
             else:  # saved by a run with another number of processes: fresh, distinct streams
                 torch.manual_seed(derive_seed(self.recipe.seed, "dropout", self.dist.rank, self.run.global_step))
+
+    def _flat_gradients_needed(self) -> bool:
+        """The flat buffer serves gradient transforms and the all-reduce of data parallelism; a plain
+        step lets autograd hand each parameter its own gradient: no buffer to clear, no copy into it."""
+        return bool(self.transforms) or self.dist.world_size > 1
 
     def _apply_recipe_rates(self, fresh: list[tuple[float, float]]) -> None:
         """The recipe's learning rates and weight decay over those of a loaded optimizer state.
