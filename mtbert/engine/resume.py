@@ -40,13 +40,13 @@ def resume_run(
     if run_status(folder) == "finished":
         raise CheckpointError(f"resume: {folder} has finished (run.json status 'finished'); there is nothing to continue")
     overrides = list(overrides)
+    try:  # the saved recipe first: a damaged one is named as such, whatever else is set
+        saved = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(f"resume: {recipe_path} is damaged ({str(exc).splitlines()[0]}); restore the file "
+                              "or start a new run") from None
     recorded = _recorded_data_dir(folder)
     if recorded and not os.environ.get(DATA_DIR_ENV) and not any(o.strip().startswith("data.dir") for o in overrides):
-        try:
-            saved = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise CheckpointError(f"resume: {recipe_path} is damaged ({str(exc).splitlines()[0]}); restore the file "
-                                  "or start a new run") from None
         if "dir" not in saved.get("data", {}):
             overrides.insert(0, f"data.dir={json.dumps(recorded)}")
     recipe = load_recipe(recipe_path, overrides, plugins)
