@@ -267,7 +267,6 @@ def _trainer(model, transform, accumulation=1):
     trainer.per_task = True
     trainer.grads = SharedGradients(model.shared_parameters(), trainer.device)
     trainer.task_grads = None
-    trainer.rows_filled = set()
     trainer.trainable = list(model.parameters())
     return trainer
 

@@ -71,40 +71,6 @@ class SharedGradients:
         for p, view in zip(self.parameters, self.views):
             p.grad = view if p.dtype == view.dtype else None
 
-    def release(self) -> None:
-        """``.grad = None`` on every shared parameter: the next backward hands over fresh gradients."""
-        for p in self.parameters:
-            p.grad = None
-
-    def capture(self, target: torch.Tensor, accumulate: bool) -> None:
-        """Move the gradients of the last backward (after :meth:`release`) into ``target``.
-
-        ``accumulate=False`` overwrites ``target`` (zeros where a parameter got no gradient), so
-        it needs no clearing beforehand; ``True`` adds (later micro-batches of one optimizer
-        step). Against accumulating into a zeroed ``target`` this saves two passes over it.
-        """
-        views = self._views_into(target)
-        pairs = [(v, p.grad) for v, p in zip(views, self.parameters) if p.grad is not None]
-        if pairs:
-            if accumulate:
-                torch._foreach_add_([v for v, _ in pairs], [g for _, g in pairs])
-            else:
-                torch._foreach_copy_([v for v, _ in pairs], [g for _, g in pairs])
-        if not accumulate:
-            for v, p in zip(views, self.parameters):
-                if p.grad is None:
-                    v.zero_()
-        self.release()
-
-    def bind_main(self) -> None:
-        """Bind the ``.grad`` views to the main buffer again as it is (after :meth:`capture`: the
-        transforms then :meth:`assign` it whole, so neither clearing nor settling is needed)."""
-        if self.current is not self.buffer:
-            self.current = self.buffer
-            self.views = self._views_into(self.buffer)
-        for p, view in zip(self.parameters, self.views):
-            p.grad = view if p.dtype == view.dtype else None
-
     def rebind(self, zero: bool = True) -> None:
         """Point every ``.grad`` at its view again (after ``zero_grad(set_to_none=True)``).
 
@@ -162,14 +128,12 @@ def build_transform(options: Any, shared: list[torch.nn.Parameter], seed: int) -
 
 
 def apply_transforms(transforms: list[tuple[Any, Any]], grads: SharedGradients | None, task_grads: torch.Tensor | None,
-                     task_names: list[str], tasks_seen: list[str], trainable: list[torch.nn.Parameter],
-                     zero_task_rows: bool = True) -> dict[str, float]:
+                     task_names: list[str], tasks_seen: list[str], trainable: list[torch.nn.Parameter]) -> dict[str, float]:
     """Run the recipe's gradient transforms, in order, on this optimizer step's gradients.
 
     ``task_grads`` is the ``[tasks, params]`` buffer of the per-task path (None otherwise): a
     per-task transform gets the rows of ``tasks_seen``, later ones their sum. The result ends in
-    the shared parameters' ``.grad`` (through ``grads``); the per-task buffer is zeroed unless
-    ``zero_task_rows`` is False (a caller whose next backward overwrites the rows).
+    the shared parameters' ``.grad`` (through ``grads``); the per-task buffer is zeroed.
     """
     logs: dict[str, float] = {}
     if task_grads is not None and grads is not None:
@@ -200,6 +164,6 @@ def apply_transforms(transforms: list[tuple[Any, Any]], grads: SharedGradients |
             logs[f"{spec.name}/{key}"] = value
     if current is not None:
         grads.assign(current.sum(dim=0))
-    if task_grads is not None and zero_task_rows:
+    if task_grads is not None:
         task_grads.zero_()
     return logs

@@ -107,7 +107,6 @@ class MultitaskTrainer:
 
         self.grads = SharedGradients(shared, self.device) if shared and self._flat_gradients_needed() else None
         self.task_grads: torch.Tensor | None = None
-        self.rows_filled: set[int] = set()  # task rows written since the last optimizer step
 
         self.epoch = 0
         self.position = 0
@@ -235,24 +234,18 @@ class MultitaskTrainer:
             return
         if self.task_grads is None or self.task_grads.shape[0] != len(self.task_names):
             self.task_grads = torch.zeros(len(self.task_names), self.grads.numel, device=self.device)
-        self.grads.release()
         for k, task in enumerate(tasks):
-            # Autograd hands over fresh gradients, moved into the task's row: the first micro-batch
-            # of the optimizer step overwrites it (no clearing), later ones add.
-            row = self.task_names.index(task)
+            # The shared .grad views point into this task's row: backward accumulates there directly.
+            self.grads.redirect(self.task_grads[self.task_names.index(task)])
             (combined.weighted[task] * scale).backward(retain_graph=k < len(tasks) - 1)
-            self.grads.capture(self.task_grads[row], accumulate=row in self.rows_filled)
-            self.rows_filled.add(row)
-        self.grads.bind_main()
+        self.grads.redirect(None)
 
     def _optimizer_step(self, tasks_seen: list[str]) -> dict[str, float]:
         if self.dist.world_size > 1:
             reduce_gradients(self.dist, self.grads, self.task_grads if self.per_task else None,
                              self.other_params, self.other_scales, self.device)
         logs = apply_transforms(self.transforms, self.grads, self.task_grads if self.per_task else None,
-                                self.task_names, tasks_seen, self.trainable,
-                                zero_task_rows=False) if self.transforms else {}
-        self.rows_filled.clear()  # the next step's first backward of each task overwrites its row
+                                self.task_names, tasks_seen, self.trainable) if self.transforms else {}
         if self.grads is not None:
             self.grads.release_unused()  # parameters no loss reached keep .grad = None: AdamW skips them
         self.optimizer.step()
