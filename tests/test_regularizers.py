@@ -379,7 +379,8 @@ def test_trainer_captures_the_random_state_before_the_training_forward_only_when
     for wants in (True, False):
         spy = Spy(wants)
         trainer = MultitaskTrainer.__new__(MultitaskTrainer)
-        trainer.run = SimpleNamespace(model=model, regularizers=[(SimpleNamespace(name="spy"), spy)], examples_seen=0)
+        trainer.run = SimpleNamespace(model=model, regularizers=[(SimpleNamespace(name="spy"), spy)], examples_seen=0,
+                                      precision=SimpleNamespace(name="fp32"))
         trainer.streams = {"sst": SimpleNamespace(next_shard=lambda: (batch, 1.0), last_global_size=3)}
         trainer.device = torch.device("cpu")
         trainer.recipe = SimpleNamespace(train=SimpleNamespace(precision="fp32"))
