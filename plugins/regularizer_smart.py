@@ -58,7 +58,7 @@ normalises), with epsilon = 0.1, step_size = epsilon (one ascent step reaches th
 as MT-DNN's normalisation does), sigma = 0.01, steps (T_x~) = 1, the l_inf ball and
 weight (lambda_s) = 1 (the paper tunes lambda_s in {1, 3, 5}). ``smart/ratio`` logs the
 weighted penalty divided by the task loss, so a run shows whether SMART is doing anything. On
-MiniLM with these defaults it averaged 0.12 (penalty 0.12 against a task loss of 1.35, 12 steps
+MiniLM with these defaults it averaged 0.11 (penalty 0.125 against a task loss of 1.356, 12 steps
 of ``recipes/ablations/smart.toml`` on 64-row slices: ``MTBERT_DATA_DIR=../shared/data python
 benchmarks/smart_ratio.py``, 2-core AMD EPYC; RESULTS.md), where the literal reading averaged
 about 1e-5. ``scale = "absolute"`` with ``scope =

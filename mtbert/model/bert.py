@@ -77,11 +77,10 @@ class TokenCount:
         self.positions = 0
         self.computed = 0
 
-    def add(self, attention_mask: Tensor | None, shape: tuple[int, int], packing: "Packing | None") -> None:
-        positions = shape[0] * shape[1]
-        self.real = self.real + (attention_mask.detach().sum() if attention_mask is not None else positions)
+    def add(self, real: Tensor | int, positions: int, computed: int) -> None:
+        self.real = self.real + real
         self.positions += positions
-        self.computed += packing.index.numel() if packing is not None else positions
+        self.computed += computed
 
     def record(self) -> dict[str, float | int]:
         real = int(self.real)
@@ -209,14 +208,15 @@ class BertEncoder(nn.Module):
             raise ValueError(f"unpad must be one of {', '.join(UNPAD_KINDS)}, got {kind!r}")
         self._unpad = kind
 
-    def packing(self, attention_mask: Tensor | None) -> Packing | None:
-        """The batch's :class:`Packing` when ``unpad`` says to run on real tokens only, else None."""
+    def packing(self, attention_mask: Tensor | None, real: Tensor | None = None) -> Packing | None:
+        """The batch's :class:`Packing` when ``unpad`` says to run on real tokens only, else None
+        (``real``: the mask's sum when the caller has it already)."""
         if attention_mask is None or self._unpad == "never":
             return None
         if self._unpad == "auto":
             if attention_mask.device.type != "cpu":  # not measured on accelerators: padded there
                 return None
-            if int(attention_mask.sum()) >= UNPAD_BELOW * attention_mask.numel():
+            if int(attention_mask.sum() if real is None else real) >= UNPAD_BELOW * attention_mask.numel():
                 return None
         return Packing.of(attention_mask)
 
@@ -291,9 +291,12 @@ class BertEncoder(nn.Module):
             x = words + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings.weight[:T]
         bias = self._attention_bias(attention_mask, x)
-        packing = self.packing(attention_mask)
+        positions = x.shape[0] * T
+        real = attention_mask.detach().sum() if attention_mask is not None else None  # once, for both uses
+        packing = self.packing(attention_mask, real)
         if self.training:
-            self.tokens.add(attention_mask, (x.shape[0], T), packing)
+            self.tokens.add(positions if real is None else real, positions,
+                            packing.index.numel() if packing is not None else positions)
         if packing is not None:
             x = packing.pack(x)
         x = self.embed_dropout(self.embed_norm(x))
