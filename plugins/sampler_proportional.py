@@ -42,11 +42,8 @@ class ProportionalSampler(SeededSampler):
         return self.total
 
     def epoch(self, index: int) -> list[tuple[str, ...]]:
-        if self.total == 0:
-            return []
-        if self.exact:
-            return self.shuffled_steps(self.batches_per_epoch())
-        return self.drawn_steps({task: n / self.total for task, n in self.batches.items()}, self.total)
+        return self.sampled_epoch(self.exact, self.batches_per_epoch,
+                                  lambda: {task: n / self.total for task, n in self.batches.items()}, self.total)
 
 
 @attrs.define

@@ -112,11 +112,8 @@ class TemperatureSampler(SeededSampler):
         return self.total
 
     def epoch(self, index: int) -> list[tuple[str, ...]]:
-        if self.total == 0:
-            return []
-        if self.exact:
-            return self.shuffled_steps(self.exact_batches(index))
-        return self.drawn_steps(self.probabilities(index), self.total)
+        return self.sampled_epoch(self.exact, lambda: self.exact_batches(index), lambda: self.probabilities(index),
+                                  self.total)
 
 
 @attrs.define

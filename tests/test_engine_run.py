@@ -96,6 +96,10 @@ def test_tensorboard_has_the_promised_scalars(write_recipe, builtin_plugins, dat
     lines = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
     assert dev == pytest.approx([l["metrics"]["mean"] for l in lines])
     assert len(events.Scalars("train/lr")) == 16  # 2 epochs x 8 optimizer steps, log_every = 1
+    # every evaluation line carries its epoch's training and evaluation time
+    info = json.loads((folder / "run.json").read_text())
+    assert all(l["train_seconds"] > 0 and l["eval_seconds"] > 0 for l in lines)
+    assert sum(l["train_seconds"] for l in lines) <= info["train_seconds"]
 
 
 def test_precision_auto_is_recorded_with_its_reason(write_recipe, builtin_plugins, data_dir, minilm_dir, tmp_path):

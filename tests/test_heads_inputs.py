@@ -70,6 +70,60 @@ def sts_dev(data_dir):
     return STS.read(data_dir / "sts-dev.csv", "dev").examples[:64]
 
 
+# --------------------------------------------------------------------------- separate-pair
+@pytest.mark.parametrize("unpad", ["always", "never"])
+def test_separate_pair_one_call_equals_two_calls(sts_dev, minilm_dir, unpad):
+    """Both sentences go through the encoder in one call; features, SMART's embeddings path and
+    gradients equal encoding each side on its own (real MiniLM, real STS rows of unequal lengths)."""
+    from mtbert.model.weights import load_hf_folder
+    from mtbert.model.tokenizer import BertTokenizer
+
+    fmt = SeparatePair()
+    encoded = fmt.encode_examples(BertTokenizer.from_folder(minilm_dir), sts_dev[:12], 64)
+    batch = fmt.collate(encoded, list(range(12)), "sts", torch.float32)
+    assert batch.inputs["input_ids_1"].shape[1] != batch.inputs["input_ids_2"].shape[1]  # the padding path is used
+    encoder = load_hf_folder(minilm_dir).encoder.eval()
+    encoder.unpad = unpad
+
+    def separately(embeds=None):
+        outs = [encoder(**s) if embeds is None else encoder(attention_mask=s["attention_mask"],
+                                                             token_type_ids=s["token_type_ids"], inputs_embeds=e)
+                for s, e in zip(fmt.sequences(batch), embeds or (None, None))]
+        return [o.last_hidden_state for o in outs], [o.pooler_output for o in outs]
+
+    feats = fmt.encode(encoder, batch)
+    hidden, pooled = separately()
+    for side in range(2):
+        real = feats.masks[side].bool()
+        assert feats.hidden[side].shape == hidden[side].shape
+        assert torch.allclose(feats.hidden[side][real], hidden[side][real], atol=1e-5)
+        assert torch.allclose(feats.pooled[side], pooled[side], atol=1e-5)
+        assert feats.masks[side] is batch.inputs[f"attention_mask_{side + 1}"]
+    embeds = tuple(encoder.embed_words(s["input_ids"]) for s in fmt.sequences(batch))
+    with_embeds = fmt.encode(encoder, batch, inputs_embeds=embeds)
+    with torch.inference_mode():  # evaluation encodes each side in its own call
+        apart = fmt.encode(encoder, batch)
+    for side in range(2):
+        real = feats.masks[side].bool()
+        assert torch.allclose(with_embeds.hidden[side][real], feats.hidden[side][real], atol=1e-5)
+        assert apart.hidden[side].shape == hidden[side].shape
+        assert torch.allclose(apart.hidden[side][real], feats.hidden[side][real], atol=1e-5)
+
+    def grads(fn):
+        encoder.zero_grad(set_to_none=True)
+        h = fn()
+        sum((x[m.bool()] ** 2).sum() for x, m in zip(h, feats.masks)).backward()
+        return {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    joint = grads(lambda: fmt.encode(encoder, batch).hidden)
+    apart = grads(lambda: separately()[0])
+    assert joint.keys() == apart.keys()
+    for name in joint:
+        scale = apart[name].abs().max().clamp_min(1.0)
+        assert (joint[name] - apart[name]).abs().max() <= 1e-5 * scale, name
+
+
+
 @pytest.mark.parametrize("max_length", [512, 24])
 def test_concat_pair_matches_transformers_pair_encoding(sts_dev, minilm_dir, max_length):
     from transformers import BertTokenizerFast

@@ -65,6 +65,7 @@ class RunContext:
         self.backbone = None
         self.data_files: dict[str, dict[str, str]] = {}
         self.last_predictions: dict[str, dict[str, list]] = {}
+        self.last_seconds: dict[str, float] = {}  # the last evaluation's train/eval seconds, for metrics.jsonl
         self.distributed_info: dict[str, Any] = {}  # what run.json adds about the processes
 
     @property
@@ -169,7 +170,8 @@ class RunContext:
             self.log.scalars("train", values, self.global_step)
 
     def evaluate_dev(self, stage: str, epoch: int, train_seconds: float) -> dict[str, float]:
-        """Dev metrics of every task (and ``mean``); the predictions are kept for event hooks."""
+        """Dev metrics of every task (and ``mean``); the predictions are kept for event hooks, the
+        epoch's training and evaluation seconds for its ``metrics.jsonl`` line."""
         recipe = self.recipe
         start = time.perf_counter()
         metrics, outputs = evaluate(self.model, self.tasks, "dev", device=self.device,
@@ -180,6 +182,7 @@ class RunContext:
             for name, (ids, predictions) in outputs.items()
         }
         eval_seconds = time.perf_counter() - start
+        self.last_seconds = {"train_seconds": round(train_seconds, 3), "eval_seconds": round(eval_seconds, 3)}
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k == "mean" or k.endswith(("_acc", "_pearson")))
         self.say(f"[{stage} epoch {epoch + 1}] dev {shown}  (train {train_seconds:.0f}s, eval {eval_seconds:.0f}s)")
         collapse = self.health.check(self.model, self.last_predictions, {n: t.spec for n, t in self.tasks.items()})
@@ -192,8 +195,9 @@ class RunContext:
         record = {
             "stage": trainer.stage_name, "stage_index": trainer.stage_index, "epoch": trainer.epoch + 1,
             "step": self.global_step, "examples": self.examples_seen, "split": "dev", "time": now(),
-            "metrics": metrics,
+            **self.last_seconds, "metrics": metrics,
         }
+        self.last_seconds = {}
         self.log.evaluation(record)
         self.log.scalars("dev", metrics, self.global_step)
         # the same curves against examples seen: one-task and all-tasks steps differ in size

@@ -20,7 +20,7 @@ pass and continues across epochs). The helpers here turn per-task counts into a 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 
@@ -70,6 +70,17 @@ class SeededSampler:
         weights = torch.tensor([probabilities[task] for task in self.tasks], dtype=torch.float64)
         draws = torch.multinomial(weights, count, replacement=True, generator=self.generator)
         return [(self.tasks[i],) for i in draws.tolist()]
+
+    def sampled_epoch(self, exact: bool, counts: Callable[[], dict[str, int]],
+                      probabilities: Callable[[], dict[str, float]], total: int) -> list[tuple[str, ...]]:
+        """One-task mode, ``total`` steps of a probability sampler: exactly ``counts()`` batches of
+        each task in a random order (``exact``, MT-DNN's epochs), or ``total`` independent draws
+        from ``probabilities()``. Only the one asked for is computed."""
+        if total == 0:
+            return []
+        if exact:
+            return self.shuffled_steps(counts())
+        return self.drawn_steps(probabilities(), total)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
