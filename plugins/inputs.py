@@ -112,10 +112,11 @@ class SeparatePair:
         encoder call and are split back afterwards; without (evaluation), one call per sentence.
 
         One call of ``2B`` rows instead of two of ``B``: half the kernel launches, larger matmuls
-        and one dense word-embedding gradient per step instead of two; pair training steps of the
-        ablation baseline ran about 10-15% faster (the A/B is in benchmarks/README.md). Evaluation
-        batches are large and sorted by length already, and stacking pads each side to the longer
-        one: there two calls were as fast (5% faster in the same A/B). Each sentence attends only
+        and one dense word-embedding gradient per step instead of two: a Quora plus an STS
+        training step of batch 16 took 0.95x the time of two calls on a 2-core CPU
+        (benchmarks/test_pair_encoding.py; figures in benchmarks/README.md). Evaluation batches
+        are large and sorted by length already, and stacking pads each side to the longer one:
+        there it was 5% slower in an A/B, so evaluation keeps two calls. Each sentence attends only
         to itself either way, so both give the same features up to float rounding
         (tests/test_heads_inputs.py).
         """
