@@ -180,13 +180,10 @@ def pbt_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, sweep_t
     except ImportError:
         raise MtbertError("--pbt needs Ray Tune: pip install 'mtbert[ray]' (or pip install 'ray[tune]')") from None
     from mtbert.sweep.grid import toml_literal
-    from mtbert.sweep.search import space_corners
+    from mtbert.sweep.search import required_space, space_corners
     from mtbert.sweep.variants import SweepResult, Variant, finish, preflight, read_table
 
-    space = sweep_table.get("space") or {}
-    if not space:
-        raise MtbertError(f"--pbt: {recipe_path} has no [sweep.space] table of ranges to start the population from "
-                          '(e.g. [sweep.space] "optim.lr" = { low = 1e-5, high = 1e-4, log = true })')
+    space = required_space(sweep_table, recipe_path, "--pbt", "to start the population from")
     mutable = {key: spec for key, spec in space.items() if key in MUTABLE}
     if not mutable:
         raise MtbertError(f"--pbt: [sweep.space] has no key that can change during a run; give one of "

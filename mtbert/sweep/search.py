@@ -63,6 +63,15 @@ def open_study(optuna: Any, storage: str, name: str, seed: int) -> Any:
     raise AssertionError("unreachable")
 
 
+def required_space(sweep_table: dict[str, Any], recipe_path: Path, flag: str, purpose: str) -> dict[str, Any]:
+    """The recipe's ``[sweep.space]`` ranges, or a one-line error naming ``flag`` and the file."""
+    space = sweep_table.get("space") or {}
+    if not space:
+        raise MtbertError(f"{flag}: {recipe_path} has no [sweep.space] table of ranges {purpose} "
+                          '(e.g. [sweep.space] "optim.lr" = { low = 1e-5, high = 1e-4, log = true })')
+    return space
+
+
 def _counted(study: Any, optuna: Any, below: int | None = None) -> int:
     """Trials that finished or are running (in any process), optionally only those numbered below ``below``."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
@@ -77,10 +86,7 @@ def optuna_sweep(recipe_path: Path, overrides: list[str], base_recipe: Any, swee
         import optuna
     except ImportError:
         raise MtbertError("--optuna needs Optuna: pip install 'mtbert[optuna]' (or pip install optuna)") from None
-    space = sweep_table.get("space") or {}
-    if not space:
-        raise MtbertError(f"--optuna: {recipe_path} has no [sweep.space] table of ranges to search "
-                          '(e.g. [sweep.space] "optim.lr" = { low = 1e-5, high = 1e-4, log = true })')
+    space = required_space(sweep_table, recipe_path, "--optuna", "to search")
     metric = sweep_table.get("metric") or base_recipe.train.select
     preflight(recipe_path, overrides, space_corners(space), plugins, flag="sweep.space:")
 
