@@ -250,6 +250,37 @@ def test_mlp_pair_features_for_separate_pairs_and_binary_output():
     assert torch.allclose(head.loss(out, labels), F.binary_cross_entropy_with_logits(expected.squeeze(-1), labels))
 
 
+def swapped(feats: Features) -> Features:
+    return Features(hidden=feats.hidden[::-1], masks=feats.masks[::-1], pooled=feats.pooled[::-1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["linear", "mlp", "pair-classifier"]),
+       task=st.sampled_from(["para", "sts"]))
+def test_order_free_pair_views_make_the_head_symmetric(seed, kind, task):
+    """With ``pair = ["sum", "abs-diff", "product"]`` every pair head gives f(a, b) = f(b, a)
+    exactly; with Sentence-BERT's default views (u and v in order) it does not."""
+    from mtbert_plugins.head_linear import LinearHead
+
+    spec = {"para": PARA, "sts": STS}[task]
+    torch.manual_seed(seed)
+    make = {"linear": lambda pair: LinearHead(pair=pair), "mlp": lambda pair: MLPHead(hidden=[6], pair=pair),
+            "pair-classifier": lambda pair: PairClassifierHead(pair=pair)}[kind]
+    feats = features(4, 8, 2, seed=seed)
+    free = make(["sum", "abs-diff", "product"]).build(8, spec, SeparatePair()).eval()
+    assert torch.equal(free(feats), free(swapped(feats)))
+    ordered = make(["u", "v", "abs-diff", "product"]).build(8, spec, SeparatePair()).eval()
+    assert not torch.allclose(ordered(feats), ordered(swapped(feats)))
+
+
+def test_sum_view_is_u_plus_v():
+    from mtbert.engine.heads import input_width, pair_features
+
+    u, v = torch.randn(3, 4), torch.randn(3, 4)
+    assert torch.equal(pair_features(u, v, ["sum", "product"]), torch.cat([u + v, u * v], -1))
+    assert input_width(4, 2, ["sum", "abs-diff", "product"]) == 12
+
+
 @pytest.mark.parametrize("pooling", ["cls", "pooler", "mean"])
 def test_pooling_options(pooling):
     feats = features(4, 8, 1, seed=3)

@@ -19,7 +19,7 @@ from torch import nn
 from mtbert.engine.components import Features
 
 Pooling = Literal["pooler", "cls", "mean"]
-PairPart = Literal["u", "v", "abs-diff", "product"]
+PairPart = Literal["u", "v", "sum", "abs-diff", "product"]
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh"]
 
 
@@ -88,8 +88,14 @@ def pool(features: Features, index: int, how: Pooling) -> torch.Tensor:
 
 
 def pair_features(u: torch.Tensor, v: torch.Tensor, parts: Sequence[str]) -> torch.Tensor:
-    """Concatenate the chosen views of a sentence pair: u, v, |u - v|, u * v (Sentence-BERT)."""
-    views = {"u": lambda: u, "v": lambda: v, "abs-diff": lambda: (u - v).abs(), "product": lambda: u * v}
+    """Concatenate the chosen views of a sentence pair: u, v, u + v, |u - v|, u * v.
+
+    Sentence-BERT's ``[u; v; |u - v|; u * v]`` is the default. ``u`` and ``v`` alone depend on
+    which sentence comes first; ``["sum", "abs-diff", "product"]`` does not, so a head on those
+    views gives the same output for (a, b) and (b, a), as paraphrase and similarity labels are.
+    """
+    views = {"u": lambda: u, "v": lambda: v, "sum": lambda: u + v, "abs-diff": lambda: (u - v).abs(),
+             "product": lambda: u * v}
     return torch.cat([views[p]() for p in parts], dim=-1)
 
 
