@@ -46,7 +46,7 @@ def test_pair_training_step_one_call_vs_two(benchmark, device, plugins, data_dir
         from mtbert_plugins.inputs import sequence_inputs
 
         first, second = sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2")
-        return self._encode_apart(encoder, batch, first, second, inputs_embeds)
+        return self._encode_apart(encoder, first, second, inputs_embeds)
 
     def steps(encode):
         def fn():

@@ -122,7 +122,7 @@ class SeparatePair:
         """
         first, second = sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2")
         if not torch.is_grad_enabled():
-            return self._encode_apart(encoder, batch, first, second, inputs_embeds)
+            return self._encode_apart(encoder, first, second, inputs_embeds)
         embeds = None
         if inputs_embeds is not None:  # e.g. SMART's perturbed word embeddings, one per sentence
             embeds = _stack_right_padded(inputs_embeds[0], inputs_embeds[1])
@@ -136,7 +136,7 @@ class SeparatePair:
         )
 
     @staticmethod
-    def _encode_apart(encoder: Any, batch: Batch, first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
+    def _encode_apart(encoder: Any, first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
                       inputs_embeds: tuple[torch.Tensor, ...] | None) -> Features:
         embeds = inputs_embeds or (None, None)
         one, two = run_encoder(encoder, first, embeds[0]), run_encoder(encoder, second, embeds[1])

@@ -70,7 +70,8 @@ class Packing:
 class TokenCount:
     """Tokens the training-mode forwards saw: real ones, padded positions, and the positions the
     token-wise layers computed (the real ones when packed). ``padding_efficiency`` is real over
-    computed; ``batch_fill`` real over positions (what length bucketing alone achieves)."""
+    computed; ``batch_fill`` real over positions (what the batching achieves: length buckets, and
+    for a stacked pair batch the padding of the shorter side to the longer)."""
 
     def __init__(self) -> None:
         self.real: Tensor | int = 0  # a tensor on the batch's device: no synchronisation per step
