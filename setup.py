@@ -15,6 +15,7 @@ BUILTIN_PLUGINS = {
     "checkpoints": "checkpoints",
     "inputs": "inputs",
     "input-concat-pair": "input_concat_pair",
+    "input-hybrid-pair": "input_hybrid_pair",
     "head-linear": "head_linear",
     "head-mlp": "head_mlp",
     "head-cosine": "head_cosine",

@@ -50,6 +50,7 @@ from mtbert.engine.heads import (
     build_mlp,
     check_class_weights,
     check_dropout,
+    check_pair_views,
     dropout_list,
     input_width,
     masked_mean,
@@ -94,7 +95,7 @@ __all__ = [
     # input formats and heads
     "pad_batch", "BertTokenizer", "TaskHeadModule", "Pooling", "PairPart", "Activation", "pool", "masked_mean",
     "pair_features", "pooled_input", "input_width", "activation_module", "build_mlp", "dropout_list",
-    "check_dropout", "check_class_weights",
+    "check_dropout", "check_class_weights", "check_pair_views",
     # samplers
     "SeededSampler", "EqualCountSampler", "Order", "ORDER_HELP", "one_task_plan", "cycled_steps",
     "largest_remainder", "unknown_task", "unconfigured_task", "one_task_only",

@@ -17,8 +17,8 @@ import attrs
 from torch import nn
 
 from mtbert.api import (
-    Features, InputFormat, PairPart, Pooling, TaskHeadModule, check_class_weights, hookimpl, input_width,
-    option, pooled_input,
+    Features, InputFormat, PairPart, Pooling, TaskHeadModule, check_class_weights, check_pair_views, hookimpl,
+    input_width, option, pooled_input,
 )
 
 
@@ -50,9 +50,7 @@ class LinearHead:
     class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
 
     def check(self, task: Any, input_format: InputFormat | None) -> str | None:
-        if not self.pair:
-            return "pair needs at least one of u, v, abs-diff, product"
-        return check_class_weights(task, self.class_weights)
+        return check_pair_views(self.pair, input_format) or check_class_weights(task, self.class_weights)
 
     def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return LinearHeadModule(self, hidden_size, task, input_format)

@@ -37,7 +37,7 @@ from torch import nn
 
 from mtbert.api import (
     Activation, Features, InputFormat, PairPart, Pooling, TaskHeadModule, build_mlp, check_class_weights,
-    check_dropout, hookimpl, input_width, option, pooled_input,
+    check_dropout, check_pair_views, hookimpl, input_width, option, pooled_input,
 )
 
 class MLPHeadModule(TaskHeadModule):
@@ -70,9 +70,8 @@ class MLPHead:
     class_weights: list[float] | None = option(None, help="per-class loss weights (classification tasks)")
 
     def check(self, task: Any, input_format: InputFormat | None) -> str | None:
-        if not self.pair:
-            return "pair needs at least one of u, v, abs-diff, product"
-        return check_dropout(self.dropout, self.hidden) or check_class_weights(task, self.class_weights)
+        return (check_pair_views(self.pair, input_format) or check_dropout(self.dropout, self.hidden)
+                or check_class_weights(task, self.class_weights))
 
     def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return MLPHeadModule(self, hidden_size, task, input_format)

@@ -32,7 +32,7 @@ from torch import nn
 
 from mtbert.api import (
     Activation, Features, InputFormat, PairPart, Pooling, TaskHeadModule, build_mlp, check_class_weights,
-    check_dropout, hookimpl, option, pair_features, pool,
+    check_dropout, check_pair_views, hookimpl, option, pair_features, pool,
 )
 
 
@@ -72,9 +72,8 @@ class PairClassifierHead:
             return (f"the pair-classifier head combines two separately encoded sentences (an input format giving two "
                     f"sequences, such as input = \"separate-pair\"); this one gives {input_format.num_sequences}: "
                     f"use linear or mlp")
-        if not self.pair:
-            return "pair needs at least one of u, v, abs-diff, product"
-        return check_dropout(self.dropout, self.hidden) or check_class_weights(task, self.class_weights)
+        return (check_pair_views(self.pair, input_format) or check_dropout(self.dropout, self.hidden)
+                or check_class_weights(task, self.class_weights))
 
     def build(self, hidden_size: int, task: Any, input_format: InputFormat) -> nn.Module:
         return PairClassifierModule(self, hidden_size, task, input_format)

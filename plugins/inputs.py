@@ -108,43 +108,50 @@ class SeparatePair:
         return [sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2")]
 
     def encode(self, encoder: Any, batch: Batch, inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
-        """One feature set per sentence. With gradients (training), both sentences go through one
-        encoder call and are split back afterwards; without (evaluation), one call per sentence.
+        """One feature set per sentence (:func:`encode_sentence_pairs`)."""
+        return encode_sentence_pairs(encoder, sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2"),
+                                     inputs_embeds)
 
-        One call of ``2B`` rows instead of two of ``B``: half the kernel launches, larger matmuls
-        and one dense word-embedding gradient per step instead of two: a Quora plus an STS
-        training step of batch 16 took 0.95x the time of two calls on a 2-core CPU
-        (benchmarks/test_pair_encoding.py; figures in benchmarks/README.md). Evaluation batches
-        are large and sorted by length already, and stacking pads each side to the longer one:
-        there it was 5% slower in an A/B, so evaluation keeps two calls. Each sentence attends only
-        to itself either way, so both give the same features up to float rounding
-        (tests/test_heads_inputs.py).
-        """
-        first, second = sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2")
-        if not torch.is_grad_enabled():
-            return self._encode_apart(encoder, first, second, inputs_embeds)
-        embeds = None
-        if inputs_embeds is not None:  # e.g. SMART's perturbed word embeddings, one per sentence
-            embeds = _stack_right_padded(inputs_embeds[0], inputs_embeds[1])
-        out = run_encoder(encoder, {k: _stack_right_padded(first[k], second[k]) for k in first}, embeds)
-        rows, len_1, len_2 = first["input_ids"].shape[0], first["input_ids"].shape[1], second["input_ids"].shape[1]
-        hidden, pooled = out.last_hidden_state, out.pooler_output
-        return Features(
-            hidden=(hidden[:rows, :len_1], hidden[rows:, :len_2]),
-            masks=(first["attention_mask"], second["attention_mask"]),
-            pooled=(pooled[:rows], pooled[rows:]),
-        )
 
-    @staticmethod
-    def _encode_apart(encoder: Any, first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
-                      inputs_embeds: tuple[torch.Tensor, ...] | None) -> Features:
-        embeds = inputs_embeds or (None, None)
-        one, two = run_encoder(encoder, first, embeds[0]), run_encoder(encoder, second, embeds[1])
-        return Features(
-            hidden=(one.last_hidden_state, two.last_hidden_state),
-            masks=(first["attention_mask"], second["attention_mask"]),
-            pooled=(one.pooler_output, two.pooler_output),
-        )
+def encode_sentence_pairs(encoder: Any, first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
+                          inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
+    """One feature set per sentence of a pair batch. With gradients (training), both sentences go
+    through one encoder call and are split back afterwards; without (evaluation), one call each.
+
+    One call of ``2B`` rows instead of two of ``B``: half the kernel launches, larger matmuls
+    and one dense word-embedding gradient per step instead of two: a Quora plus an STS training
+    step of batch 16 took 0.95x the time of two calls on a 2-core CPU
+    (benchmarks/test_pair_encoding.py; figures in benchmarks/README.md). Evaluation batches are
+    large and sorted by length already, and stacking pads each side to the longer one: there it
+    was 5% slower in an A/B, so evaluation keeps two calls. Each sentence attends only to itself
+    either way, so both give the same features up to float rounding (tests/test_heads_inputs.py).
+    ``inputs_embeds`` (e.g. SMART's perturbed word embeddings) holds one tensor per sentence.
+    """
+    if not torch.is_grad_enabled():
+        return encode_apart(encoder, first, second, inputs_embeds)
+    embeds = None
+    if inputs_embeds is not None:
+        embeds = _stack_right_padded(inputs_embeds[0], inputs_embeds[1])
+    out = run_encoder(encoder, {k: _stack_right_padded(first[k], second[k]) for k in first}, embeds)
+    rows, len_1, len_2 = first["input_ids"].shape[0], first["input_ids"].shape[1], second["input_ids"].shape[1]
+    hidden, pooled = out.last_hidden_state, out.pooler_output
+    return Features(
+        hidden=(hidden[:rows, :len_1], hidden[rows:, :len_2]),
+        masks=(first["attention_mask"], second["attention_mask"]),
+        pooled=(pooled[:rows], pooled[rows:]),
+    )
+
+
+def encode_apart(encoder: Any, first: dict[str, torch.Tensor], second: dict[str, torch.Tensor],
+                 inputs_embeds: tuple[torch.Tensor, ...] | None = None) -> Features:
+    """Each sentence of a pair batch in its own encoder call (what evaluation does)."""
+    embeds = inputs_embeds or (None, None)
+    one, two = run_encoder(encoder, first, embeds[0]), run_encoder(encoder, second, embeds[1])
+    return Features(
+        hidden=(one.last_hidden_state, two.last_hidden_state),
+        masks=(first["attention_mask"], second["attention_mask"]),
+        pooled=(one.pooler_output, two.pooler_output),
+    )
 
 
 def _stack_right_padded(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

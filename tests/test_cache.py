@@ -22,6 +22,7 @@ from mtbert.engine.cache import _pack, _unpack, encode_cached, entry_key, entry_
 from mtbert.engine.components import EncodedExamples
 from mtbert.engine.seeding import derive_seed
 from mtbert_plugins.input_concat_pair import ConcatPair
+from mtbert_plugins.input_hybrid_pair import HybridPair
 from mtbert_plugins.inputs import SeparatePair, SingleSentence
 from mtbert_plugins.tasks_cs224n import SST, STS
 
@@ -86,6 +87,7 @@ def _entries(root: Path) -> list[Path]:
 # --------------------------------------------------------------------------- hit and miss
 @pytest.mark.parametrize("fmt, spec, fixture", [
     (SingleSentence(), SST, "sst_file"), (SeparatePair(), STS, "sts_file"), (ConcatPair(), STS, "sts_file"),
+    (HybridPair(), STS, "sts_file"),
 ])
 def test_miss_writes_an_entry_and_the_hit_returns_identical_encodings(request, tmp_path, tokenizer, monkeypatch,
                                                                        fmt, spec, fixture):
@@ -103,8 +105,8 @@ def test_miss_writes_an_entry_and_the_hit_returns_identical_encodings(request, t
     assert counter.calls == 2  # hit: not tokenized again
     _same(first, fresh)
     _same(second, fresh)
-    if isinstance(fmt, ConcatPair):  # segment ids survive the round trip, with their 1s
-        assert any(1 in types for types in second.type_ids[0])
+    if isinstance(fmt, (ConcatPair, HybridPair)):  # segment ids survive the round trip, with their 1s
+        assert any(1 in types for types in second.type_ids[-1])
     if spec is STS:  # float labels are exact
         assert all(isinstance(x, float) for x in second.labels) and second.labels == [e.label for e in examples]
 
@@ -261,6 +263,7 @@ def test_load_split_uses_the_cache_folder_from_the_environment(tmp_path, tokeniz
 # --------------------------------------------------------------------------- padding
 @pytest.mark.parametrize("fmt, spec, fixture", [
     (SingleSentence(), SST, "sst_file"), (SeparatePair(), STS, "sts_file"), (ConcatPair(), STS, "sts_file"),
+    (HybridPair(), STS, "sts_file"),
 ])
 def test_max_length_padding_pads_every_batch_to_max_length(request, tokenizer, fmt, spec, fixture):
     path = request.getfixturevalue(fixture)

@@ -64,6 +64,67 @@ def mean_by_hand(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
+# --------------------------------------------------------------------------- hybrid-pair
+def test_hybrid_pair_is_separate_pair_plus_concat_pair(sts_dev, minilm_dir):
+    """Its three sequences are exactly separate-pair's two and concat-pair's one, in inputs and
+    in features (real MiniLM, real STS rows), when training and in evaluation."""
+    from mtbert.model.tokenizer import BertTokenizer
+    from mtbert.model.weights import load_hf_folder
+    from mtbert_plugins.input_hybrid_pair import HybridPair
+
+    tokenizer = BertTokenizer.from_folder(minilm_dir)
+    rows = list(range(10))
+    hybrid, apart, together = HybridPair(), SeparatePair(), ConcatPair()
+    batches = [fmt.collate(fmt.encode_examples(tokenizer, sts_dev[:10], 64), rows, "sts", torch.float32)
+               for fmt in (hybrid, apart, together)]
+    h, a, c = batches
+    assert torch.equal(h.labels, a.labels)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(h.inputs[f"{key}_1"], a.inputs[f"{key}_1"])
+        assert torch.equal(h.inputs[f"{key}_2"], a.inputs[f"{key}_2"])
+        assert torch.equal(h.inputs[f"{key}_3"], c.inputs[key])
+    assert h.inputs["token_type_ids_3"].sum() > 0  # segment ids reach the cross sequence
+
+    encoder = load_hf_folder(minilm_dir).encoder.eval()
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            fh, fa, fc = hybrid.encode(encoder, h), apart.encode(encoder, a), together.encode(encoder, c)
+            assert fh.num_sequences == 3
+            expected = [(fa.hidden[0], fa.masks[0]), (fa.hidden[1], fa.masks[1]), (fc.hidden[0], fc.masks[0])]
+            for got, mask, (want, want_mask) in zip(fh.hidden, fh.masks, expected):
+                assert torch.equal(mask, want_mask)
+                assert torch.allclose(got[mask.bool()], want[want_mask.bool()], atol=1e-5)
+            # SMART's path: one embedding tensor per sequence replaces the word lookup
+            embeds = tuple(encoder.embed_words(s["input_ids"]) for s in hybrid.sequences(h))
+            again = hybrid.encode(encoder, h, inputs_embeds=embeds)
+            for got, want, mask in zip(again.hidden, fh.hidden, fh.masks):
+                assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)
+
+
+def test_cross_view_feeds_the_head_and_the_views_are_checked():
+    from mtbert.engine.heads import check_pair_views
+    from mtbert_plugins.head_linear import LinearHead
+    from mtbert_plugins.input_hybrid_pair import HybridPair
+
+    head = LinearHead(pair=["abs-diff", "cross"], dropout=0.0).build(8, PARA, HybridPair()).eval()
+    feats = features(3, 8, 3, seed=4)
+    u, v, cross = (mean_by_hand(feats.hidden[i], feats.masks[i]) for i in range(3))
+    expected = torch.cat([(u - v).abs(), cross], -1) @ head.linear.weight.T + head.linear.bias
+    assert torch.allclose(head(feats), expected.squeeze(-1), atol=1e-5)
+    assert MLPHead(hidden=[4], pair=["u", "cross"]).build(8, STS, HybridPair()).eval()(feats).shape == (3,)
+
+    assert check_pair_views(["u", "cross"], HybridPair()) is None
+    assert "hybrid-pair" in check_pair_views(["u", "cross"], SeparatePair())
+    assert "add \"cross\"" in check_pair_views(["u", "v"], HybridPair())
+    assert check_pair_views(["u", "cross"], SingleSentence()) is None  # single sentences ignore pair views
+    assert check_pair_views([], SeparatePair()).startswith("pair needs at least one")
+    for refused in (PairClassifierHead(pair=["u", "cross"]).check(PARA, SeparatePair()),
+                    PairClassifierHead().check(PARA, HybridPair()), LinearHead(pair=["u", "v"]).check(STS, HybridPair())):
+        assert refused and "\n" not in refused
+    with pytest.raises(ValueError, match="hybrid-pair"):
+        LinearHead(pair=["cross"]).build(8, PARA, SeparatePair())(features(2, 8, 2))
+
+
 # --------------------------------------------------------------------------- concat-pair
 @pytest.fixture(scope="module")
 def sts_dev(data_dir):

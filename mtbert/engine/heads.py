@@ -19,7 +19,7 @@ from torch import nn
 from mtbert.engine.components import Features
 
 Pooling = Literal["pooler", "cls", "mean"]
-PairPart = Literal["u", "v", "sum", "abs-diff", "product"]
+PairPart = Literal["u", "v", "sum", "abs-diff", "product", "cross"]
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh"]
 
 
@@ -87,23 +87,48 @@ def pool(features: Features, index: int, how: Pooling) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r}")
 
 
-def pair_features(u: torch.Tensor, v: torch.Tensor, parts: Sequence[str]) -> torch.Tensor:
-    """Concatenate the chosen views of a sentence pair: u, v, u + v, |u - v|, u * v.
+def pair_features(u: torch.Tensor, v: torch.Tensor, parts: Sequence[str],
+                  cross: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenate the chosen views of a sentence pair: u, v, u + v, |u - v|, u * v, cross.
 
     Sentence-BERT's ``[u; v; |u - v|; u * v]`` is the default. ``u`` and ``v`` alone depend on
     which sentence comes first; ``["sum", "abs-diff", "product"]`` does not, so a head on those
     views gives the same output for (a, b) and (b, a), as paraphrase and similarity labels are.
+    ``cross`` is the pooled encoding of the concatenated pair ``[CLS] a [SEP] b [SEP]`` (the
+    ``hybrid-pair`` input format's third sequence).
     """
+    def cross_view() -> torch.Tensor:
+        if cross is None:
+            raise ValueError("pair view 'cross' needs the concatenated pair (input = \"hybrid-pair\")")
+        return cross
+
     views = {"u": lambda: u, "v": lambda: v, "sum": lambda: u + v, "abs-diff": lambda: (u - v).abs(),
-             "product": lambda: u * v}
+             "product": lambda: u * v, "cross": cross_view}
     return torch.cat([views[p]() for p in parts], dim=-1)
 
 
 def pooled_input(features: Features, how: Pooling, parts: Sequence[str]) -> torch.Tensor:
-    """The head's input vector: one pooled sequence, or the pair features of two."""
+    """The head's input vector: one pooled sequence, or the pair features of two (a third
+    sequence, the concatenated pair, gives the ``cross`` view)."""
     if features.num_sequences == 1:
         return pool(features, 0, how)
-    return pair_features(pool(features, 0, how), pool(features, 1, how), parts)
+    cross = pool(features, 2, how) if features.num_sequences > 2 and "cross" in parts else None
+    return pair_features(pool(features, 0, how), pool(features, 1, how), parts, cross)
+
+
+def check_pair_views(parts: Sequence[str], input_format: Any | None) -> str | None:
+    """Why a head's ``pair`` views do not fit its input format, or None (single-sentence formats
+    ignore them)."""
+    if not parts:
+        return "pair needs at least one of u, v, sum, abs-diff, product, cross"
+    sequences = getattr(input_format, "num_sequences", None)
+    if sequences == 2 and "cross" in parts:
+        return ("pair view 'cross' needs the concatenated pair as a third sequence: set input = \"hybrid-pair\" "
+                "for this task, or drop 'cross'")
+    if sequences == 3 and "cross" not in parts:
+        return ("input \"hybrid-pair\" encodes the concatenated pair for the 'cross' view, which pair does not use: "
+                "add \"cross\" to pair, or use input = \"separate-pair\"")
+    return None
 
 
 def input_width(hidden_size: int, num_sequences: int, parts: Sequence[str]) -> int:
