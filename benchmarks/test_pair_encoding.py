@@ -6,7 +6,7 @@ batch into one encoder call of ``2B`` rows and splits the output; evaluation, un
 measures what the stacking buys where it is used: one optimizer step on a Quora batch and one
 on an STS batch (batch 16, real rows, MiniLM-L6, linear heads, fused AdamW), the trainer's own
 step (``_engine.one_step``), against the same steps with each sentence encoded in its own call
-(``encode_apart``, what every forward did before). Both sides step on the same
+(``mtbert.api.encode_apart``, what every forward did before). Both sides step on the same
 frozen batches, alternating within each round.
 
 No target: a supporting figure for the epoch race and the multitask step (stacking halves the
@@ -43,7 +43,7 @@ def test_pair_training_step_one_call_vs_two(benchmark, device, plugins, data_dir
     stacked = SeparatePair.encode
 
     def two_calls(self, encoder, batch, inputs_embeds=None):
-        from mtbert_plugins.inputs import encode_apart, sequence_inputs
+        from mtbert.api import encode_apart, sequence_inputs
 
         return encode_apart(encoder, sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2"),
                             inputs_embeds)

@@ -25,10 +25,9 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mtbert.api import Batch, EncodedExamples, Features, hookimpl, pad_batch
-
-from mtbert_plugins.input_concat_pair import ConcatPair
-from mtbert_plugins.inputs import SeparatePair, encode_sentence_pairs, run_encoder, sequence_inputs
+from mtbert.api import (
+    Batch, EncodedExamples, Features, encode_sentence_pairs, hookimpl, pad_batch, run_encoder, sequence_inputs,
+)
 
 
 @attrs.define
@@ -43,11 +42,16 @@ class HybridPair:
         return None
 
     def encode_examples(self, tokenizer: Any, examples: Sequence[Any], max_length: int) -> EncodedExamples:
-        apart = SeparatePair().encode_examples(tokenizer, examples, max_length)
-        together = ConcatPair().encode_examples(tokenizer, examples, max_length)
+        """Sentence a, sentence b, and ``[CLS] a [SEP] b [SEP]`` with its segment ids (the pair
+        truncated longest-first to ``max_length``, as ``concat-pair`` does)."""
+        firsts, seconds = [e.texts[0] for e in examples], [e.texts[1] for e in examples]
+        pairs = tokenizer.encode_pairs(firsts, seconds, max_length=max_length)
         return EncodedExamples(
-            ids=apart.ids, sequences=[*apart.sequences, together.sequences[0]],
-            type_ids=[None, None, together.type_ids[0]], labels=apart.labels,
+            ids=[e.id for e in examples],
+            sequences=[tokenizer.encode(firsts, max_length=max_length), tokenizer.encode(seconds, max_length=max_length),
+                       [ids for ids, _ in pairs]],
+            type_ids=[None, None, [types for _, types in pairs]],
+            labels=[e.label for e in examples],
         )
 
     def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype,
