@@ -41,7 +41,7 @@ from mtbert.engine.components import (
 )
 from mtbert.engine.device import autocast, use_fused_adamw
 from mtbert.engine.distributed import reduce_mean, reduce_sum, world_size
-from mtbert.engine.encoding import encode_apart, encode_sentence_pairs, run_encoder, sequence_inputs
+from mtbert.engine.encoding import batch_labels, encode_apart, encode_sentence_pairs, run_encoder, sequence_inputs
 from mtbert.engine.heads import (
     Activation,
     PairPart,
@@ -94,7 +94,7 @@ __all__ = [
     "Batch", "EncodedExamples", "Features", "Combined", "PenaltyContext", "RandomState", "StepMode", "GradientNeeds",
     "StatelessCombiner",
     # input formats and heads
-    "pad_batch", "sequence_inputs", "run_encoder", "encode_sentence_pairs", "encode_apart", "BertTokenizer", "TaskHeadModule", "Pooling", "PairPart", "Activation", "pool", "masked_mean",
+    "pad_batch", "batch_labels", "sequence_inputs", "run_encoder", "encode_sentence_pairs", "encode_apart", "BertTokenizer", "TaskHeadModule", "Pooling", "PairPart", "Activation", "pool", "masked_mean",
     "pair_features", "pooled_input", "input_width", "activation_module", "build_mlp", "dropout_list",
     "check_dropout", "check_class_weights", "check_pair_views",
     # samplers

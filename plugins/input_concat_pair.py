@@ -23,14 +23,7 @@ from typing import Any, Sequence
 import attrs
 import torch
 
-from mtbert.api import Batch, EncodedExamples, Features, hookimpl, pad_batch
-
-
-def _labels(encoded: EncodedExamples, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
-    values = [encoded.labels[i] for i in indices]
-    if any(v is None for v in values):  # unlabelled (test) split
-        return None
-    return torch.tensor(values, dtype=dtype)
+from mtbert.api import Batch, EncodedExamples, Features, batch_labels, hookimpl, pad_batch
 
 
 def _inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -70,7 +63,7 @@ class ConcatPair:
             None if type_ids is None else [type_ids[i] for i in indices],
             pad_to=pad_to,  # data.padding = "max_length"; None pads to the longest pair
         )
-        return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype),
+        return Batch(task=task, inputs=inputs, labels=batch_labels(encoded, indices, label_dtype),
                      ids=[encoded.ids[i] for i in indices])
 
     def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:

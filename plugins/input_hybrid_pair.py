@@ -26,7 +26,8 @@ import attrs
 import torch
 
 from mtbert.api import (
-    Batch, EncodedExamples, Features, encode_sentence_pairs, hookimpl, pad_batch, run_encoder, sequence_inputs,
+    Batch, EncodedExamples, Features, batch_labels, encode_sentence_pairs, hookimpl, pad_batch, run_encoder,
+    sequence_inputs,
 )
 
 
@@ -62,9 +63,7 @@ class HybridPair:
             padded = pad_batch([encoded.sequences[slot][i] for i in indices],
                                None if type_ids is None else [type_ids[i] for i in indices], pad_to=pad_to)
             inputs.update({f"{key}_{slot + 1}": value for key, value in padded.items()})
-        labels = [encoded.labels[i] for i in indices]
-        return Batch(task=task, inputs=inputs,
-                     labels=None if any(v is None for v in labels) else torch.tensor(labels, dtype=label_dtype),
+        return Batch(task=task, inputs=inputs, labels=batch_labels(encoded, indices, label_dtype),
                      ids=[encoded.ids[i] for i in indices])
 
     def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:

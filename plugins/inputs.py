@@ -20,15 +20,9 @@ import attrs
 import torch
 
 from mtbert.api import (
-    Batch, EncodedExamples, Features, encode_sentence_pairs, hookimpl, pad_batch, run_encoder, sequence_inputs,
+    Batch, EncodedExamples, Features, batch_labels, encode_sentence_pairs, hookimpl, pad_batch, run_encoder,
+    sequence_inputs,
 )
-
-
-def _labels(encoded: EncodedExamples, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
-    values = [encoded.labels[i] for i in indices]
-    if any(v is None for v in values):
-        return None
-    return torch.tensor(values, dtype=dtype)
 
 
 @attrs.define
@@ -52,7 +46,7 @@ class SingleSentence:
     def collate(self, encoded: EncodedExamples, indices: Sequence[int], task: str, label_dtype: torch.dtype,
                 pad_to: int | None = None) -> Batch:
         inputs = pad_batch([encoded.sequences[0][i] for i in indices], pad_to=pad_to)
-        return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
+        return Batch(task=task, inputs=inputs, labels=batch_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
 
     def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
         return [sequence_inputs(batch.inputs)]
@@ -87,7 +81,7 @@ class SeparatePair:
         a = pad_batch([encoded.sequences[0][i] for i in indices], pad_to=pad_to)
         b = pad_batch([encoded.sequences[1][i] for i in indices], pad_to=pad_to)
         inputs = {**{f"{k}_1": v for k, v in a.items()}, **{f"{k}_2": v for k, v in b.items()}}
-        return Batch(task=task, inputs=inputs, labels=_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
+        return Batch(task=task, inputs=inputs, labels=batch_labels(encoded, indices, label_dtype), ids=[encoded.ids[i] for i in indices])
 
     def sequences(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
         return [sequence_inputs(batch.inputs, "_1"), sequence_inputs(batch.inputs, "_2")]

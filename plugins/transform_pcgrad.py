@@ -113,7 +113,7 @@ class PCGradState:
         if self.options.reduction == "mean":
             combine = combine / count
         # sum_k c_k g_k as one [1, T] @ [T, P] product: one read of the buffer (T scaled
-        # additions would read and write the output T times; 20% slower for 3 tasks).
+        # additions would read and write the output T times).
         out = (combine.to(device=grads.device, dtype=grads.dtype).unsqueeze(0) @ grads).squeeze(0)
         self._logs = self._statistics(gram, tasks, applied, visited)
         return out

@@ -7,11 +7,19 @@ ones through :mod:`mtbert.api`: a batch's inputs for sequence ``k`` are the keys
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from mtbert.engine.components import Features
+
+
+def batch_labels(encoded: Any, indices: Sequence[int], dtype: torch.dtype) -> torch.Tensor | None:
+    """The labels of ``indices`` as one tensor, or None for an unlabelled (test) split."""
+    values = [encoded.labels[i] for i in indices]
+    if any(v is None for v in values):
+        return None
+    return torch.tensor(values, dtype=dtype)
 
 
 def sequence_inputs(inputs: dict[str, torch.Tensor], suffix: str = "") -> dict[str, torch.Tensor]:
@@ -40,9 +48,11 @@ def encode_sentence_pairs(encoder: Any, first: dict[str, torch.Tensor], second: 
     and one dense word-embedding gradient per step instead of two: a Quora plus an STS training
     step of batch 16 took 0.95x the time of two calls on a 2-core CPU
     (benchmarks/test_pair_encoding.py; figures in benchmarks/README.md). Evaluation batches are
-    large and sorted by length already, and stacking pads each side to the longer one: there it
-    was 5% slower in an A/B, so evaluation keeps two calls. Each sentence attends only to itself
-    either way, so both give the same features up to float rounding (tests/test_heads_inputs.py).
+    large and sorted by length already, and stacking pads each side to the longer one: with
+    stacking in evaluation too, the evaluation benchmark measured 1.11x the old path, no better
+    than 1.12-1.14x without (benchmarks/README.md, runs 1, 2 and 4), so evaluation keeps two
+    calls. Each sentence attends only to itself either way, so both give the same features up
+    to float rounding (tests/test_heads_inputs.py).
     ``inputs_embeds`` (e.g. SMART's perturbed word embeddings) holds one tensor per sentence.
     """
     if not torch.is_grad_enabled():
