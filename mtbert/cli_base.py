@@ -2,7 +2,7 @@
 lines and exit statuses, ``--set``, and how a run's end is reported.
 
 The commands themselves live in :mod:`mtbert.cli` (run, validate, plugins, eval, predict,
-compare, sweep) and :mod:`mtbert.commands` (recipes, resume, export); both register on
+compare, sweep) and :mod:`mtbert.commands` (recipes, resume, export, archive); both register on
 :data:`cli` here, so neither imports the other's module for it.
 """
 

@@ -1,4 +1,4 @@
-"""More ``mtbert`` commands: ``recipes`` (list, copy), ``resume`` and ``export``.
+"""More ``mtbert`` commands: ``recipes`` (list, copy), ``resume``, ``export`` and ``archive``.
 
 Registered on :data:`mtbert.cli_base.cli` (``mtbert.cli`` imports this module); kept apart so
 each command module stays small.
@@ -84,3 +84,23 @@ def export(run_dir: Path, out_dir: Path, fmt: str, pooling_task: str | None, for
 
     written = export_run(run_dir, out_dir, cli_plugins(), fmt=fmt, pooling_task=pooling_task, force=force)
     click.echo(f"exported {run_dir} ({written['checkpoint']}) to {out_dir}: {', '.join(written['files'])}")
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tensorboard", is_flag=True, help="Keep the TensorBoard event files too.")
+@click.option("--test-predictions", is_flag=True, help="Keep the test-split predictions too.")
+@click.option("--force", is_flag=True, help="Overwrite files DEST already holds.")
+@guard
+def archive(sources: tuple[Path, ...], dest: Path, tensorboard: bool, test_predictions: bool, force: bool) -> None:
+    """Copy what compare and reproduction need from runs (no checkpoints) into DEST.
+
+    Each SOURCE is a run folder or a folder of runs (a sweep, a campaign); it lands as
+    DEST/<its name>/... . mtbert compare reads the archive as it reads run folders.
+    """
+    from mtbert.archive import archive_runs
+
+    runs = archive_runs(list(sources), dest, tensorboard=tensorboard, test_predictions=test_predictions,
+                        force=force, say=click.echo)
+    click.echo(f"{len(runs)} run(s) archived in {dest}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,36 @@ def _run_predictions(record: Any, registry: Any) -> dict[str, tuple[Any, dict[st
     return out
 
 
-def _gold(record: Any, spec: Any, cache: dict[str, dict[str, float]]) -> dict[str, float] | None:
-    """The dev labels by example id, from the dev file ``run.json`` names (None when unreadable)."""
+def dev_file(record_folder: Path, task: str) -> Path | None:
+    """The dev file a run's ``run.json`` names for ``task``, or the file of that name and SHA-1 in
+    ``$MTBERT_DATA_DIR`` when the recorded path is gone (an archive read on another machine)."""
+    from mtbert.files import file_sha1
+    from mtbert.recipe.sections import DATA_DIR_ENV
+
     try:
-        info = json.loads((record.folder / "run.json").read_text(encoding="utf-8"))
-        path = Path(info["data"][spec.name]["dev"])
+        info = json.loads((record_folder / "run.json").read_text(encoding="utf-8"))
+        entry = info["data"][task]
+        path = Path(entry["dev"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if path.is_file():
+        return path
+    folder = os.environ.get(DATA_DIR_ENV)
+    if not folder or not (Path(folder) / path.name).is_file():
+        return None
+    moved = Path(folder) / path.name
+    recorded = entry.get("dev_sha1") if isinstance(entry, dict) else None
+    if recorded and file_sha1(moved) != recorded:
+        return None  # a file of that name with other rows: its labels would not be this run's
+    return moved
+
+
+def _gold(record: Any, spec: Any, cache: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """The dev labels by example id, from the run's dev file (:func:`dev_file`; None when unreadable)."""
+    path = dev_file(record.folder, spec.name)
+    if path is None:
+        return None
     if str(path) not in cache:
-        if not path.is_file():
-            return None
         result = spec.read(path, "dev", warn=lambda message: None)
         cache[str(path)] = {e.id: float(e.label) for e in result.examples if e.label is not None}
     return cache[str(path)]
@@ -151,7 +172,7 @@ def load_row_predictions(rows: list[Row], registry: Any) -> tuple[dict[int, dict
             spec = per_run[0][task][0]
             gold = _gold(row.first, spec, cache)
             if gold is None:
-                notes.append(f"{row.name}: dev labels of {task} not readable (the dev file run.json names): no interval")
+                notes.append(f"{row.name}: dev labels of {task} not readable (the dev file run.json names is gone and $MTBERT_DATA_DIR holds no file of that name and SHA-1): no interval")
                 continue
             tasks[task] = (spec, gold, [p[task][1] for p in per_run])
         out[index] = tasks

@@ -433,3 +433,78 @@ def test_auto_precision_runs_pool_only_when_they_computed_in_the_same_precision(
     assert [r[headers.index("n")] for r in rows] == ["2", "1"]
     assert "train.precision" in headers
     assert {r[headers.index("train.precision")] for r in rows} == {"auto (fp32)", "auto (bf16)"}
+
+
+# --------------------------------------------------------------------------- mtbert archive
+def test_archive_keeps_what_compare_needs_and_its_intervals_without_checkpoints(seeded, tmp_path):
+    out, _, _ = seeded
+    result = CliRunner().invoke(cli, ["archive", str(out), str(tmp_path / "kept")])
+    assert result.exit_code == 0, result.output
+    assert "6 run(s) archived" in result.output
+    kept = tmp_path / "kept" / out.name
+    files = {p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()}
+    run = "cmp-optim.lr=1e-3-seed=5"
+    assert {f"{run}/run.json", f"{run}/recipe.toml", f"{run}/metrics.json", f"{run}/metrics.jsonl",
+            f"{run}/predictions/sst-dev-output.csv", "sweep.json", "compare.md"} <= files
+    assert not any("checkpoints" in f or "tfevents" in f or "test" in f.rsplit("/", 1)[-1] for f in files), files
+    original = sorted(str(p) for p in out.iterdir() if p.is_dir())
+    archived = sorted(str(p) for p in kept.iterdir() if p.is_dir())
+    tables = [json.loads(invoke(*folders, "--baseline", str(root / run), "--format", "json", "--resamples", "300").stdout)
+              for folders, root in ((original, out), (archived, kept))]
+    strip = [{k: v for k, v in r.items() if k != "run" and "wall" not in k} for t in tables for r in t["rows"]]
+    diff = {k: (a[k], b.get(k)) for a, b in zip(strip[:2], strip[2:]) for k in a if a[k] != b.get(k)}
+    assert not diff, diff
+    lows = {r["run"]: r["delta_mean_ci_low"] for r in tables[1]["rows"]}
+    assert lows["cmp-optim.lr=1e-3"] is None and lows["cmp-optim.lr=1e-2"] is not None  # intervals from the archive
+
+
+def test_archive_refuses_to_overwrite_and_names_what_is_not_a_run(seeded, tmp_path):
+    out, _, _ = seeded
+    dest = tmp_path / "kept"
+    assert CliRunner().invoke(cli, ["archive", str(out), str(dest)]).exit_code == 0
+    stamp = (dest / out.name / "compare.md").read_text()
+    (dest / out.name / "compare.md").write_text("mine")
+    again = CliRunner().invoke(cli, ["archive", str(out), str(dest)])
+    assert again.exit_code == 2 and again.output.startswith("error: ") and "exists" in again.output
+    assert (dest / out.name / "compare.md").read_text() == "mine"  # nothing already saved is lost
+    forced = CliRunner().invoke(cli, ["archive", str(out), str(dest), "--force"])
+    assert forced.exit_code == 0 and (dest / out.name / "compare.md").read_text() == stamp
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = CliRunner().invoke(cli, ["archive", str(empty), str(tmp_path / "x")])
+    assert bad.exit_code == 2 and bad.output.strip() == f"error: {empty}: no run folder (no run.json) at or under it"
+
+
+def test_archived_runs_find_moved_dev_files_through_the_data_dir_env_by_sha1(seeded, data_dir, tmp_path, monkeypatch):
+    out, _, _ = seeded
+    dest = tmp_path / "kept"
+    assert CliRunner().invoke(cli, ["archive", str(out), str(dest)]).exit_code == 0
+    kept = dest / out.name
+    for info_path in kept.glob("*/run.json"):  # the data moved: run.json names a folder that is gone
+        info = json.loads(info_path.read_text())
+        for entry in info["data"].values():
+            entry["dev"] = str(tmp_path / "gone" / Path(entry["dev"]).name)
+        info_path.write_text(json.dumps(info))
+    folders = sorted(str(p) for p in kept.iterdir() if p.is_dir())
+    base = str(kept / "cmp-optim.lr=1e-3-seed=5")
+
+    def interval(env: Path | None) -> tuple[object, str]:
+        if env is None:
+            monkeypatch.delenv("MTBERT_DATA_DIR", raising=False)
+        else:
+            monkeypatch.setenv("MTBERT_DATA_DIR", str(env))
+        result = invoke(*folders, "--baseline", base, "--format", "json", "--resamples", "300")
+        table = json.loads(result.stdout)
+        row = next(r for r in table["rows"] if r["run"] == "cmp-optim.lr=1e-2")
+        return row["delta_mean_ci_low"], " ".join(table["notes"])
+
+    assert interval(data_dir)[0] is not None
+    low, notes = interval(None)
+    assert low is None and "MTBERT_DATA_DIR" in notes
+    other = tmp_path / "other"  # same file names, other rows: the labels would be wrong, so no interval
+    other.mkdir()
+    for name in ("ids-sst-dev.csv", "sts-dev.csv"):
+        lines = (data_dir / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        (other / name).write_text("".join(lines[:-1]), encoding="utf-8")
+    low, notes = interval(other)
+    assert low is None and "SHA-1" in notes
