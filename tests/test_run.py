@@ -68,6 +68,48 @@ def plugins_with(monkeypatch):
     set_plugins(None)
 
 
+class EvaluationLog:
+    """Keeps every dev evaluation's predictions, as event-hook plugins receive them."""
+
+    def __init__(self):
+        self.by_step: dict[int, dict] = {}
+
+    @hookimpl
+    def mtbert_on_evaluate(self, run, stage, epoch, step, metrics, predictions):
+        self.by_step[step] = {name: (list(p["ids"]), list(p["predictions"])) for name, p in predictions.items()}
+
+
+def test_final_dev_predictions_are_the_best_evaluations_not_a_second_pass(tmp_path, data_dir, minilm_dir, plugins_with,
+                                                                         monkeypatch):
+    import mtbert.engine.evaluate as evaluate_module
+
+    log = EvaluationLog()
+    plugins = plugins_with(("evaluation-log", log))
+    splits: list[str] = []
+    real = evaluate_module.evaluate
+
+    def spy(model, tasks, split, **kwargs):
+        splits.append(split)
+        return real(model, tasks, split, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)  # what write_predictions calls
+    recipe = small_recipe(plugins, data_dir)
+    folder, summary = run_recipe(recipe, plugins, out=tmp_path / "run", say=quiet, warn=quiet)
+    assert splits == ["test"]  # dev was not predicted again after training
+    best_step = summary["best"]["step"]
+    assert len(log.by_step) == 2 and best_step in log.by_step
+    for task, (ids, predictions) in log.by_step[best_step].items():
+        spec = recipe.tasks[task].spec
+        expected = spec.write_predictions(tmp_path / "expected" / spec.prediction_filename("dev"), ids, predictions)
+        assert (folder / "predictions" / spec.prediction_filename("dev")).read_bytes() == Path(expected).read_bytes()
+    # and the best checkpoint, loaded afresh, scores exactly what that evaluation scored
+    result = CliRunner().invoke(cli, ["eval", str(folder), "--set", "train.progress=false"])
+    assert result.exit_code == 0, result.output
+    again = json.loads((folder / "eval.json").read_text())
+    scores = again["metrics"]
+    assert scores["mean"] == summary["best"]["dev"]["mean"], (scores, summary["best"])
+
+
 def test_run_folder_holds_everything_promised(tmp_path, data_dir, minilm_dir, plugins_with):
     plugins = plugins_with()
     recipe = small_recipe(plugins, data_dir)

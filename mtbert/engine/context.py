@@ -53,6 +53,7 @@ class RunContext:
         self.global_step = 0
         self.examples_seen = 0  # training examples of the tasks, over all processes (dev curves' second axis)
         self.best: dict[str, Any] | None = None
+        self.best_dev_outputs: tuple[int, dict[str, tuple[list[str], list[Any]]]] | None = None  # (step, task -> (ids, predictions))
         self.last: dict[str, Any] | None = None
         self.stop_requested = False
         self.stop_reason = ""
@@ -212,6 +213,9 @@ class RunContext:
             if self.best is None or score > self.best["dev"][select]:
                 improved = True
                 self.best = dict(self.last)
+                # what the final predictions reuse instead of predicting dev again (copies: hooks saw them)
+                self.best_dev_outputs = (self.global_step, {name: (list(p["ids"]), list(p["predictions"]))
+                                                            for name, p in self.last_predictions.items()})
                 save_weights(self.checkpoints / "best.safetensors", self.model.state_dict(), metadata=self.best)
                 atomic_write_json(self.checkpoints / "best.json", self.best)
                 self.say(f"  new best {select} {score:.4f}: saved {self.checkpoints / 'best.safetensors'}")

@@ -200,9 +200,12 @@ def _run_recipe(
             status = "failed"
             raise PluginError(f"{run.failure}")
         if main and recipe.train.predict and run.best is not None:
+            kept = run.best_dev_outputs  # None when the best evaluation came before a resume
+            dev_outputs = kept[1] if kept is not None and kept[0] == run.best.get("step") else None
             out = write_predictions(run.model, run.tasks, run.checkpoints / "best.safetensors", folder / "predictions",
                                     device=run.device, precision=run.precision.name,
-                                    batch_size=recipe.data.eval_batch_size, progress=recipe.train.progress)
+                                    batch_size=recipe.data.eval_batch_size, progress=recipe.train.progress,
+                                    dev_outputs=dev_outputs)
             run.say(f"predictions written to {out}")
         if main and not recipe.train.keep_last:
             drop_last_state(run)
