@@ -213,10 +213,17 @@ def _single(recipe_path: Path, data_dir: Path, plugins, out: Path, monkeypatch, 
 
 
 def _assert_close_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Equal up to fp32 summation order: two processes add the gradient halves in another order
+    than one process, and training carries those last-bit differences on. On a 2-core AMD EPYC
+    the largest element difference was 1.1e-4 (plain path) and 4.5e-4 (PCGrad path, which also
+    resumes); a relative bound on each tensor's norm failed there for small biases (5e-4 of a
+    norm of 0.03) though it had passed on other CPUs. A real error (gradients summed instead of
+    averaged, a missed all-reduce) moves weights by about lr x gradient = 5e-3 per step here."""
     assert got.keys() == want.keys()
     for key, value in want.items():
-        error = float((got[key].double() - value.double()).norm())
-        assert error <= 1e-5 * float(value.double().norm()) + 1e-9, f"{key}: relative error {error / float(value.double().norm()):.2e}"
+        diff = (got[key].double() - value.double()).abs()
+        bound = 1e-3 + 1e-3 * value.double().abs()
+        assert bool((diff <= bound).all()), f"{key}: largest difference {float(diff.max()):.2e}"
 
 
 def _dev_records(folder: Path) -> list[dict]:
@@ -229,7 +236,17 @@ def _assert_same_evaluations(got: Path, want: Path) -> None:
     for ra, rb in zip(a, b):
         assert ra["metrics"].keys() == rb["metrics"].keys()
         for key in rb["metrics"]:
-            assert ra["metrics"][key] == pytest.approx(rb["metrics"][key], abs=1e-4), key
+            # Correlations of this random 32-wide model's near-constant STS scores on 16 dev pairs
+            # (and the mean that includes them) are ill-conditioned: weights 4.5e-4 apart (see
+            # _assert_close_weights) moved Pearson r by 0.015-0.075 on a 2-core AMD EPYC, though
+            # they agreed to 1e-4 on other CPUs. They are not compared; the STS scores themselves
+            # are, through their mse (3e-4 relative apart there), and the classes exactly.
+            if key.endswith(("pearson", "spearman")) or key == "mean":
+                continue
+            if key.endswith("mse"):
+                assert ra["metrics"][key] == pytest.approx(rb["metrics"][key], rel=3e-3), key
+            else:  # counted metrics (accuracies, F1): the same predicted classes
+                assert ra["metrics"][key] == pytest.approx(rb["metrics"][key], abs=1e-4), key
 
 
 def test_torchrun_plain_path_matches_one_process(builtin_plugins, write_recipe, data_dir, minilm_dir, tmp_path,
