@@ -102,5 +102,5 @@ def archive(sources: tuple[Path, ...], dest: Path, tensorboard: bool, test_predi
     from mtbert.archive import archive_runs
 
     runs = archive_runs(list(sources), dest, tensorboard=tensorboard, test_predictions=test_predictions,
-                        force=force, say=click.echo)
+                        force=force, registry=cli_plugins().registry, say=click.echo)
     click.echo(f"{len(runs)} run(s) archived in {dest}")

@@ -447,6 +447,9 @@ def test_archive_keeps_what_compare_needs_and_its_intervals_without_checkpoints(
     assert {f"{run}/run.json", f"{run}/recipe.toml", f"{run}/metrics.json", f"{run}/metrics.jsonl",
             f"{run}/predictions/sst-dev-output.csv", "sweep.json", "compare.md"} <= files
     assert not any("checkpoints" in f or "tfevents" in f or "test" in f.rsplit("/", 1)[-1] for f in files), files
+    with_test = CliRunner().invoke(cli, ["archive", str(out), str(tmp_path / "all"), "--test-predictions"])
+    assert with_test.exit_code == 0, with_test.output
+    assert (tmp_path / "all" / out.name / run / "predictions" / "sst-test-output.csv").is_file()
     original = sorted(str(p) for p in out.iterdir() if p.is_dir())
     archived = sorted(str(p) for p in kept.iterdir() if p.is_dir())
     tables = [json.loads(invoke(*folders, "--baseline", str(root / run), "--format", "json", "--resamples", "300").stdout)
