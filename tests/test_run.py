@@ -188,10 +188,12 @@ def test_ctrl_c_saves_state_and_resume_finishes(tmp_path, data_dir, minilm_dir, 
     recipe = small_recipe(plugins, data_dir, ["optim.epochs=1"])
     with pytest.raises(RunInterrupted, match=r"interrupted \(Ctrl-C\): stopped at step 3"):
         run_recipe(recipe, plugins, out=tmp_path / "run", say=quiet, warn=quiet)
+    assert not (tmp_path / "run" / ".lock").exists()  # an interrupted run releases and removes its lock
     plugins = plugins_with()
     recipe = small_recipe(plugins, data_dir, ["optim.epochs=1"])
     _, summary = run_recipe(recipe, plugins, out=tmp_path / "run", resume=True, say=quiet, warn=quiet)
     assert summary["last"]["step"] == 12
+    assert not (tmp_path / "run" / ".lock").exists()
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, data_dir, minilm_dir, plugins_with):

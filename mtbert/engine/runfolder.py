@@ -3,7 +3,9 @@
 * :class:`RunLock`: an OS lock (``fcntl.flock``) on ``<run>/.lock``, held for the run's life.
   The kernel releases it when the process dies (even under ``kill -9``), so a stale lock never
   blocks a resume, while a second ``mtbert run`` (or ``--resume``) into a folder still in use
-  is refused naming the holder's pid, instead of mixing both runs' files.
+  is refused naming the holder's pid, instead of mixing both runs' files. A run that ends
+  (finished, failed or interrupted) removes the file, so finished folders hold only results;
+  one left by a killed process is harmless and reused.
 * :func:`clean_stale_temps`: interrupted atomic writes leave hidden temporary files and
   folders (``checkpoints/.last.*``, ``.best.safetensors.*``); under the lock nobody else can
   be writing them, so the next start removes them.
@@ -42,6 +44,23 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self, what: str = "--out") -> "RunLock":
+        # The owner unlinks the file when it releases the lock, so a process that opened the
+        # old file just before may lock an inode no longer at the path: retry until the lock
+        # held is on the file the path names (the usual flock-and-unlink protocol).
+        while True:
+            fd = self._lock_once(what)
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is for messages only; the lock itself is held
+        self.fd = fd
+        return self
+
+    def _lock_once(self, what: str) -> int:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -56,16 +75,16 @@ class RunLock:
                 raise RunFolderBusy(f"{what}: {self.folder} is in use by a running mtbert ({pid}); wait for it to end, "
                                     f"stop it (Ctrl-C or kill {holder or '<pid>'}) before resuming, or choose another folder") from None
             raise MtbertError(f"{what}: cannot lock {self.path}: {exc.strerror or exc}") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the pid is for messages only; the lock itself is held
-        self.fd = fd
-        return self
+        return fd
 
     def release(self) -> None:
+        """Remove the lock file, then drop the lock (in that order: see :meth:`acquire`)."""
         if self.fd is not None:
+            if _same_file(self.fd, self.path):
+                try:
+                    self.path.unlink()
+                except OSError:
+                    pass  # a read-only folder keeps the file; the next run reuses it
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             finally:
@@ -77,6 +96,15 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is still the file at ``path`` (not unlinked or replaced)."""
+    try:
+        held, named = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 def _read_pid(fd: int) -> str:
