@@ -88,6 +88,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, plugins: Plugins, *, fm
     from mtbert.model.weights import save_hf_folder
 
     out = Path(out_dir)
+    members = Path(run_dir) / "members"
+    if members.is_dir():  # an ensemble (train.ensemble): its model is several encoders
+        count = sum(1 for p in members.iterdir() if p.name.isdigit())
+        raise MtbertError(f"export: {run_dir} is an ensemble of {count} members, not one encoder; export one member: "
+                          f"mtbert export {members / '1'} {out_dir}")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
         raise MtbertError(f"export: {out} already exists and is not empty; choose another OUT_DIR or add --force")
     restored = restore_run(run_dir, [], plugins)

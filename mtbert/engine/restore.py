@@ -1,18 +1,21 @@
 """Rebuild a finished run's best model from its folder alone (for ``eval`` and ``predict``).
 
 The run folder holds the resolved recipe, the encoder's config and vocabulary and the best
-weights, so neither the original checkpoint nor the training data is needed.
+weights, so neither the original checkpoint nor the training data is needed. An ensemble's
+folder (``train.ensemble``, :mod:`mtbert.engine.ensemble`) restores as the mean of its members.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
+from torch import nn
 
 from mtbert.engine.batches import TaskData
 from mtbert.engine.checkpoint import load_weights
@@ -54,7 +57,39 @@ def encoder_files_folder(folder: Path) -> Path:
     return old if not new.is_dir() and old.is_dir() else new
 
 
+class MeanOfHeads:
+    """An ensemble's head for one task: its members' heads map the mean raw output to a prediction.
+
+    Heads' ``predict`` is a fixed function of the raw output (argmax of logits, sign of a
+    binary logit, a clamp of a score), the same in every member, so one member's serves.
+    """
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+
+    def predict(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.head.predict(raw)
+
+
+class EnsembleModel(nn.Module):
+    """Members' raw outputs (logits, scores) averaged: what ``evaluate`` and ``predict`` need of a model."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.heads = {name: MeanOfHeads(head) for name, head in members[0].heads.items()}
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return torch.stack([member(batch).float() for member in self.members]).mean(dim=0)
+
+
+def member_folders(folder: Path, count: int) -> list[Path]:
+    """``members/1`` .. ``members/<count>``: each a complete run folder of one member."""
+    return [folder / "members" / str(k) for k in range(1, count + 1)]
+
+
 def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> RestoredRun:
+    """The run's best model; for an ensemble (``train.ensemble`` > 1) the mean of its members' best."""
     from mtbert.model.bert import BertEncoder
     from mtbert.model.config import BertConfig
     from mtbert.model.tokenizer import BertTokenizer
@@ -63,6 +98,8 @@ def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> R
     recipe_path = folder / "recipe.toml"
     if not recipe_path.is_file():
         raise CheckpointError(f"{folder} is not a run folder (no recipe.toml)")
+    if (folder / "members").is_dir():
+        return _restore_ensemble(folder, overrides, plugins)
     best_path = folder / "checkpoints" / "best.safetensors"
     if not best_path.is_file():
         raise CheckpointError(f"{folder} has no best checkpoint yet ({best_path} is missing: did the run finish an epoch?)")
@@ -92,3 +129,22 @@ def restore_run(folder: str | Path, overrides: list[str], plugins: Plugins) -> R
     device = choose_device(recipe.train.device)
     model.to(device).eval()
     return RestoredRun(folder=folder, recipe=recipe, model=model, tokenizer=tokenizer, device=device, tasks=tasks, best=meta)
+
+
+def _restore_ensemble(folder: Path, overrides: list[str], plugins: Plugins) -> RestoredRun:
+    count = int(tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8")).get("train", {}).get("ensemble", 1))
+    members = []
+    for member in member_folders(folder, count):
+        if not member.is_dir():
+            raise CheckpointError(f"{folder} is an ensemble of {count} members and {member} is missing: "
+                                  f"finish it with mtbert resume {folder}")
+        members.append(restore_run(member, overrides, plugins))
+    first = members[0]
+    model = EnsembleModel([m.model for m in members]).to(first.device).eval()
+    best: dict[str, Any] = {}
+    try:
+        best = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("best") or {}
+    except (OSError, ValueError):
+        pass
+    return RestoredRun(folder=folder, recipe=first.recipe, model=model,
+                       tokenizer=first.tokenizer, device=first.device, tasks=first.tasks, best=best)

@@ -24,15 +24,12 @@ from mtbert.engine.device import choose_device
 from mtbert.engine.distributed import Distributed, check_batch_sizes, from_environment
 from mtbert.engine.evaluate import write_predictions
 from mtbert.engine.multitask_model import weights_sha1
-from mtbert.engine.run_records import (
-    RunLog, check_resume, data_hashes, default_run_folder, find_resumable, now, run_record,
-    token_record,
-)
-from mtbert.engine.runfolder import RunLock, check_data_unchanged, clean_stale_temps, folder_holds_files, trim_evaluations
+from mtbert.engine.run_records import RunLog, now, run_record, token_record
+from mtbert.engine.runfolder import RunLock, claim_run_folder, trim_evaluations
 from mtbert.engine.seeding import derive_seed
 from mtbert.engine.signals import StopOnSignal
 from mtbert.errors import CheckpointError, MtbertError, PluginError, RecipeError, RunInterrupted
-from mtbert.files import WriteError, atomic_write_json, atomic_write_text, describe_os_error
+from mtbert.files import WriteError, atomic_write_json, atomic_write_text
 from mtbert.plugins import Plugins
 from mtbert.recipe import Recipe
 
@@ -66,6 +63,11 @@ def run_recipe(
     Started by torchrun (``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set), this process joins
     the job and trains its share of every batch; it leaves the job at the end.
     """
+    if recipe.train.ensemble > 1:  # members are single runs of this function (mtbert.engine.ensemble)
+        from mtbert.engine.ensemble import run_ensemble
+
+        return run_ensemble(recipe, plugins, out=out, resume=resume, say=say, warn=warn,
+                            allow_data_change=allow_data_change, run_single=run_recipe)
     job, _ = from_environment(choose_device(recipe.train.device))
     locks: list[RunLock] = []
     try:
@@ -75,14 +77,6 @@ def run_recipe(
         for lock in locks:
             lock.release()
         job.close()
-
-
-def _make_folder(folder: Path) -> None:
-    """Create a run folder, or one line saying why it cannot be (a file in the way, read-only...)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"--out: cannot create the run folder {folder}: {describe_os_error(exc, folder)}") from None
 
 
 def _stderr(message: str) -> None:
@@ -100,25 +94,9 @@ def _run_recipe(
     changes: list[dict[str, str]] = []
 
     def choose_folder() -> Path:  # rank 0 decides; every process gets its answer (or its error)
-        if resume:
-            folder = out or find_resumable(recipe.name)
-            if folder is None:
-                raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
-            if not folder.is_dir():
-                raise CheckpointError(f"--resume: {folder} is not a run folder (it is not a folder)")
-            locks.append(RunLock(folder).acquire("--resume"))
-            check_resume(folder, recipe, plugins)
-            # Before any work, and on rank 0 inside on_main so every process gets the refusal.
-            changes.extend(check_data_unchanged(folder, data_hashes(recipe), allow=allow_data_change, warn=warn or _stderr))
-        else:
-            folder = out or default_run_folder(recipe.name)
-            if folder_holds_files(folder):  # before locking: the lock file itself would make it non-empty
-                raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
-            _make_folder(folder)
-            locks.append(RunLock(folder).acquire("--out"))
-            if folder_holds_files(folder):  # another process filled it between the check and the lock
-                raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
-        clean_stale_temps(folder, say)
+        folder, found = claim_run_folder(recipe, plugins, out=out, resume=resume, allow_data_change=allow_data_change,
+                                         say=say, warn=warn or _stderr, locks=locks)
+        changes.extend(found)
         return folder
 
     folder = job.on_main(choose_folder)

@@ -103,7 +103,18 @@ def run_status(folder: Path) -> str | None:
 def is_resumable(folder: Path) -> bool:
     """Whether ``folder`` holds saved training state for ``--resume``: ``checkpoints/last``, or
     ``last.old`` when a crash came between the two renames of a save."""
+    if (folder / "members").is_dir():  # an ensemble (mtbert.engine.ensemble): its members resume
+        return True
     return any((folder / "checkpoints" / name / "state.json").is_file() for name in ("last", "last.old"))
+
+
+def same_recipe(folder: Path, recipe: Recipe) -> bool:
+    """Whether ``folder/recipe.toml`` is ``recipe`` (keys that do not change results aside)."""
+    try:
+        old = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return not changed_keys(old, recipe.to_dict())
 
 
 def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:

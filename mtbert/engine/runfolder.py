@@ -26,7 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from mtbert.errors import CheckpointError, MtbertError
+from mtbert.errors import CheckpointError, MtbertError, RecipeError
+from mtbert.files import describe_os_error
 
 LOCK_NAME = ".lock"
 
@@ -209,3 +210,43 @@ def trim_evaluations(folder: Path, global_step: int, stage_index: int) -> int:
 
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
     return dropped
+
+
+def _make_folder(folder: Path) -> None:
+    """Create a run folder, or one line saying why it cannot be (a file in the way, read-only...)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"--out: cannot create the run folder {folder}: {describe_os_error(exc, folder)}") from None
+
+
+def claim_run_folder(recipe: Any, plugins: Any, *, out: Path | None, resume: bool, allow_data_change: bool,
+                     say: Callable[[str], None], warn: Callable[[str], None], locks: list[RunLock],
+                     ) -> tuple[Path, list[dict[str, str]]]:
+    """The run folder, locked (the lock is appended to ``locks``), and the data changes a resume accepted.
+
+    A new run needs an empty folder (``out`` or ``runs/<name>-<time>``); a resume needs ``out`` (or
+    the newest unfinished run of the recipe) started with the same recipe on the same data.
+    """
+    from mtbert.engine.run_records import check_resume, data_hashes, default_run_folder, find_resumable
+
+    changes: list[dict[str, str]] = []
+    if resume:
+        folder = out or find_resumable(recipe.name)
+        if folder is None:
+            raise CheckpointError(f"--resume: no unfinished run of '{recipe.name}' under runs/; give its folder with --out")
+        if not folder.is_dir():
+            raise CheckpointError(f"--resume: {folder} is not a run folder (it is not a folder)")
+        locks.append(RunLock(folder).acquire("--resume"))
+        check_resume(folder, recipe, plugins)
+        changes = check_data_unchanged(folder, data_hashes(recipe), allow=allow_data_change, warn=warn)
+    else:
+        folder = out or default_run_folder(recipe.name)
+        if folder_holds_files(folder):  # before locking: the lock file itself would make it non-empty
+            raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
+        _make_folder(folder)
+        locks.append(RunLock(folder).acquire("--out"))
+        if folder_holds_files(folder):  # another process filled it between the check and the lock
+            raise RecipeError(f"--out: {folder} already holds files; choose another folder or add --resume to continue it")
+    clean_stale_temps(folder, say)
+    return folder, changes

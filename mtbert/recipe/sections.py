@@ -90,6 +90,8 @@ class TrainSection:
     threads: int | None = option(None, help="CPU threads for torch (default: torch's choice)", min=1)
     predict: bool = option(True, help="write dev and test predictions of the best checkpoint at the end")
     compile: bool = option(False, help="torch.compile the encoder (measure first: it rarely pays on CPU)")
+    ensemble: int = option(1, help="train N complete runs (members/1..N: the recipe's seed, then seeds derived from it) "
+                           "and predict with the mean of their outputs; N times the cost", min=1)
 
 
 TOP_LEVEL = {

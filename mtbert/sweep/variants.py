@@ -4,16 +4,15 @@ and the compare table of them all written at the end."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
 import attrs
 
-from mtbert.engine.run_records import is_resumable, run_status
+from mtbert.engine.run_records import is_resumable, run_status, same_recipe
 from mtbert.errors import MtbertError, RecipeError, RunInterrupted
 from mtbert.files import atomic_write_json, atomic_write_text
-from mtbert.recipe import apply_overrides, changed_keys, load_recipe, override_key, read_with_includes
+from mtbert.recipe import apply_overrides, load_recipe, override_key, read_with_includes
 
 
 @attrs.define
@@ -66,15 +65,6 @@ def preflight(recipe_path: Path, base: list[str], variants: list[Variant], plugi
     if problems:
         raise RecipeError(problems)
     return recipes
-
-
-def same_recipe(folder: Path, recipe: Any) -> bool:
-    """Whether ``folder/recipe.toml`` is ``recipe`` (keys that do not change results aside)."""
-    try:
-        old = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
-    return not changed_keys(old, recipe.to_dict())
 
 
 def _one_line(exc: BaseException) -> str:
