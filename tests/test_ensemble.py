@@ -166,3 +166,20 @@ def test_an_ensemble_trains_resumes_and_predicts_with_its_members_mean(tmp_path,
     result = CliRunner().invoke(cli, ["export", str(folder), str(tmp_path / "hf")])
     assert result.exit_code == 2
     assert f"export one member: mtbert export {folder / 'members' / '1'}" in result.output
+
+
+def test_a_saved_recipe_without_a_newer_option_is_the_same_recipe_at_its_default(plugins_with, data_dir, tmp_path):
+    """Run folders made before ``train.ensemble`` existed still count as finished runs of their recipe
+    (a sweep skips them, an ensemble adopts them as a member)."""
+    from mtbert.engine.run_records import same_recipe
+
+    plugins = plugins_with()
+    single = member_recipe(ensemble_recipe(plugins, data_dir), 1)
+    text = single.to_toml()
+    assert "ensemble = 1\n" in text
+    (tmp_path / "recipe.toml").write_text(text.replace("ensemble = 1\n", ""))
+    assert same_recipe(tmp_path, single, plugins)
+    assert not same_recipe(tmp_path, ensemble_recipe(plugins, data_dir), plugins)  # ensemble = 2 differs
+    assert not same_recipe(tmp_path, member_recipe(ensemble_recipe(plugins, data_dir), 2), plugins)  # another seed
+    (tmp_path / "recipe.toml").write_text("not toml [")
+    assert not same_recipe(tmp_path, single, plugins)

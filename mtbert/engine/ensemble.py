@@ -112,7 +112,7 @@ def _run_member(recipe: Any, plugins: Any, folder: Path, say: Callable[[str], No
     """Skip a finished member, resume an interrupted one, else train it; what run.json records of it."""
     holds_files = folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir())
     if holds_files and run_status(folder) == "finished":
-        if not same_recipe(folder, recipe):
+        if not same_recipe(folder, recipe, plugins):
             raise MtbertError(f"{folder} holds a finished run of another recipe; remove it or choose another --out "
                               f"than {parent}")
         say(f"  finished earlier: {folder}")

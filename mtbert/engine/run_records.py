@@ -108,11 +108,16 @@ def is_resumable(folder: Path) -> bool:
     return any((folder / "checkpoints" / name / "state.json").is_file() for name in ("last", "last.old"))
 
 
-def same_recipe(folder: Path, recipe: Recipe) -> bool:
-    """Whether ``folder/recipe.toml`` is ``recipe`` (keys that do not change results aside)."""
+def same_recipe(folder: Path, recipe: Recipe, plugins: Plugins) -> bool:
+    """Whether ``folder/recipe.toml`` is ``recipe`` (keys that do not change results aside).
+
+    The saved recipe is validated again, so an option added to mtbert since that run (absent
+    from its recipe.toml) compares equal at its default, as for ``--resume``.
+    """
     try:
-        old = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
+        table = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8"))
+        old = validate(table, plugins, source=str(folder / "recipe.toml")).to_dict()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecipeError):
         return False
     return not changed_keys(old, recipe.to_dict())
 

@@ -83,7 +83,7 @@ def run_variant(variant: Variant, recipe: Any, plugins: Any, say: Callable[[str]
     if folder.exists() and any(folder.iterdir()):
         status = run_status(folder)
         if status == "finished":
-            if same_recipe(folder, recipe):
+            if same_recipe(folder, recipe, plugins):
                 variant.status = "skipped"
                 variant.message = "finished earlier"
                 return
@@ -92,7 +92,7 @@ def run_variant(variant: Variant, recipe: Any, plugins: Any, say: Callable[[str]
             variant.message = (f"{folder} holds a finished run of a different recipe; "
                                "remove it or sweep into another --out")
             return
-        if is_resumable(folder) and same_recipe(folder, recipe):
+        if is_resumable(folder) and same_recipe(folder, recipe, plugins):
             resume = True
         else:
             n = 1
