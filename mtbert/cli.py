@@ -73,7 +73,8 @@ def validate(recipe: str, overrides: tuple[str, ...], show: bool) -> None:
 
         click.echo(show_recipe(resolved))
     tasks = ", ".join(f"{n} ({t.input.name}, {t.head.name})" for n, t in resolved.tasks.items())
-    click.echo(f"{recipe}: ok — tasks {tasks}; sampler {resolved.sampler.name}; combiner {resolved.loss_combiner.name}")
+    ensemble = f"; an ensemble of {resolved.train.ensemble} runs" if resolved.train.ensemble > 1 else ""
+    click.echo(f"{recipe}: ok — tasks {tasks}; sampler {resolved.sampler.name}; combiner {resolved.loss_combiner.name}{ensemble}")
 
 
 #: What ``mtbert plugins`` shows as a component's step mode, per kind: the attribute it reads.

@@ -183,3 +183,11 @@ def test_a_saved_recipe_without_a_newer_option_is_the_same_recipe_at_its_default
     assert not same_recipe(tmp_path, member_recipe(ensemble_recipe(plugins, data_dir), 2), plugins)  # another seed
     (tmp_path / "recipe.toml").write_text("not toml [")
     assert not same_recipe(tmp_path, single, plugins)
+
+
+def test_validate_says_the_recipe_is_an_ensemble(plugins_with, data_dir):
+    plugins_with()
+    result = CliRunner().invoke(cli, ["validate", str(REPO / "recipes" / "ablations" / "ensemble.toml"),
+                                      "--set", f"data.dir={json.dumps(str(data_dir))}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("combiner sum; an ensemble of 3 runs")
