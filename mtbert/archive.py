@@ -30,9 +30,11 @@ SWEEP_FILES = ("sweep.json", "compare.md", "pbt.json")
 
 
 def find_runs(source: Path) -> list[Path]:
-    """The run folders (folders with a ``run.json``) at or under ``source``, sorted."""
+    """The run folders (folders with a ``run.json``) at or under ``source``, sorted; an
+    ensemble's (``train.ensemble``) with its members."""
     if (source / "run.json").is_file():
-        return [source]
+        members = source / "members"
+        return [source] + (sorted(p.parent for p in members.glob("*/run.json")) if members.is_dir() else [])
     return sorted(p.parent for p in source.rglob("run.json") if "checkpoints" not in p.parts)
 
 

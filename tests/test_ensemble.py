@@ -191,3 +191,16 @@ def test_validate_says_the_recipe_is_an_ensemble(plugins_with, data_dir):
                                       "--set", f"data.dir={json.dumps(str(data_dir))}"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("combiner sum; an ensemble of 3 runs")
+
+
+def test_archive_keeps_an_ensembles_members(tmp_path):
+    from mtbert.archive import find_runs
+
+    ensemble = tmp_path / "sweep" / "ens-seed=1"
+    for folder in (ensemble, ensemble / "members" / "1", ensemble / "members" / "2"):
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text("{}")
+    (ensemble / "members" / "2" / "checkpoints").mkdir()
+    expected = [ensemble, ensemble / "members" / "1", ensemble / "members" / "2"]
+    assert find_runs(ensemble) == expected
+    assert find_runs(tmp_path / "sweep") == expected
