@@ -124,7 +124,9 @@ def test_an_ensemble_trains_resumes_and_predicts_with_its_members_mean(tmp_path,
     assert recipe.seed == 11711
     with pytest.raises(RunInterrupted, match=rf"continue the whole ensemble with: mtbert resume {folder}"):
         run_recipe(recipe, plugins, out=folder, say=quiet, warn=quiet)
-    assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
+    interrupted = json.loads((folder / "run.json").read_text())
+    assert interrupted["status"] == "interrupted"
+    assert [m["seed"] for m in interrupted["ensemble"]["runs"]] == [11711]  # the members finished so far
     first_info = json.loads((folder / "members" / "1" / "run.json").read_text())
     assert first_info["status"] == "finished" and first_info["seed"] == 11711
     assert not (folder / ".lock").exists()

@@ -37,7 +37,7 @@ from mtbert.engine.run_records import RunLog, data_hashes, is_resumable, now, ru
 from mtbert.engine.runfolder import RunLock, claim_run_folder
 from mtbert.engine.seeding import derive_seed
 from mtbert.errors import MtbertError, RecipeError, RunInterrupted
-from mtbert.files import atomic_write_json, atomic_write_text
+from mtbert.files import WriteError, atomic_write_json, atomic_write_text
 from mtbert.version import __version__
 
 RunSingle = Callable[..., tuple[Path, dict[str, Any]]]
@@ -85,14 +85,14 @@ def _train_and_combine(recipe: Any, plugins: Any, folder: Path, resume: bool, sa
     atomic_write_json(folder / "run.json", info)
     t0 = time.perf_counter()
     status = "failed"
+    members: list[dict[str, Any]] = []
+    info["ensemble"]["runs"] = members  # filled as members finish, so an interrupted run.json shows them
     try:
-        members = []
         for index, member_folder in enumerate(member_folders(folder, count), 1):
             say(f"[ensemble member {index}/{count}] seed {member_seed(recipe.seed, index)} -> {member_folder}")
             members.append(_run_member(member_recipe(recipe, index), plugins, member_folder, say, warn, allow_data_change,
                                        run_single, index, folder))
         summary = _combine(folder, recipe, plugins, say, warn)
-        info["ensemble"] = {"members": count, "runs": members}
         status = "finished"
         return folder, summary
     except RunInterrupted as exc:
@@ -103,8 +103,11 @@ def _train_and_combine(recipe: Any, plugins: Any, folder: Path, resume: bool, sa
         raise
     finally:
         spent = sum(float(_read_json(m / "run.json").get("train_seconds") or 0) for m in member_folders(folder, count))
-        atomic_write_json(folder / "run.json", {**info, "status": status, "finished": now(), "train_seconds": spent,
-                                                "wall_seconds": float(previous.get("wall_seconds", 0)) + time.perf_counter() - t0})
+        try:
+            atomic_write_json(folder / "run.json", {**info, "status": status, "finished": now(), "train_seconds": spent,
+                                                    "wall_seconds": float(previous.get("wall_seconds", 0)) + time.perf_counter() - t0})
+        except (OSError, WriteError) as exc:  # must not hide the error that ended the ensemble
+            (warn or say)(f"warning: cannot write {folder / 'run.json'}: {exc}")
 
 
 def _run_member(recipe: Any, plugins: Any, folder: Path, say: Callable[[str], None], warn: Callable[[str], None] | None,
