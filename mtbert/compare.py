@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import attrs
 
 from mtbert.recipe.keys import NEUTRAL_KEYS, flatten_recipe
+from mtbert.recipe.sections import with_section_defaults
 from mtbert.replicates import Row
 
 MAIN_METRICS = ("sst_acc", "para_acc", "sts_pearson", "mean")
@@ -86,7 +87,7 @@ def read_run(folder: Path) -> RunRecord:
     if ran and train is not None and train.get("precision", "auto") == "auto":
         # "auto" resolves per machine: runs that computed in bf16 and in fp32 are no replicates.
         train["precision"] = f"auto ({ran})"
-    return RunRecord(folder=folder, name=folder.name, recipe=recipe, best=summary.get("best"), history=history,
+    return RunRecord(folder=folder, name=folder.name, recipe=with_section_defaults(recipe), best=summary.get("best"), history=history,
                      seconds=info.get("train_seconds"), status=info.get("status", "unknown"))
 
 

@@ -206,3 +206,16 @@ def test_archive_keeps_an_ensembles_members(tmp_path):
     expected = [ensemble, ensemble / "members" / "1", ensemble / "members" / "2"]
     assert find_runs(ensemble) == expected
     assert find_runs(tmp_path / "sweep") == expected
+
+
+def test_compare_reads_an_older_recipe_with_newer_options_at_their_defaults(tmp_path):
+    """A run made before train.ensemble existed and one made after are replicates of one recipe."""
+    from mtbert.compare import read_run
+    from mtbert.recipe.sections import with_section_defaults
+
+    (tmp_path / "recipe.toml").write_text('name = "x"\nseed = 1\n[train]\nprecision = "fp32"\n[optim]\nlr = 1e-4\n')
+    record = read_run(tmp_path)
+    assert record.recipe["train"]["ensemble"] == 1 and record.recipe["train"]["precision"] == "fp32"
+    assert record.recipe["optim"]["lr"] == 1e-4 and record.recipe["optim"]["betas"] == [0.9, 0.999]
+    assert "head_lr" not in record.recipe["optim"]  # None defaults stay absent, as in a resolved recipe.toml
+    assert with_section_defaults({"name": "y"}) == {"name": "y"}  # sections a table lacks are not invented

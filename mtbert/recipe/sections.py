@@ -100,3 +100,22 @@ TOP_LEVEL = {
     "sweep",  # ranges and grids for ``mtbert sweep`` (mtbert.sweep); checked here, ignored by a run
     "optimizer_groups", "weight_average",
 }
+
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "train": TrainSection}
+
+
+def with_section_defaults(table: dict[str, Any]) -> dict[str, Any]:
+    """A resolved recipe table (a run's recipe.toml) with options added to mtbert since that run
+    filled in at their defaults, so an older run compares equal to a new one that leaves them so."""
+    for key, section in SECTIONS.items():
+        values = table.get(key)
+        if not isinstance(values, dict):
+            continue
+        for field in attrs.fields(section):
+            if field.name in values:
+                continue
+            default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default
+            if default is not None and default is not attrs.NOTHING:
+                values[field.name] = default
+    return table
