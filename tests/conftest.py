@@ -126,3 +126,18 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def plugins_with(monkeypatch):
+    """``plugins_with(("name", plugin), ...)``: the builtin plugins plus these, made the current ones."""
+    from mtbert.plugins import load_plugins, set_plugins
+
+    def make(*extra):
+        monkeypatch.setenv("MTBERT_PLUGINS", "builtin")
+        plugins = load_plugins(list(extra))
+        set_plugins(plugins)
+        return plugins
+
+    yield make
+    set_plugins(None)

@@ -18,7 +18,7 @@ from mtbert.engine.ensemble import member_recipe, member_seed
 from mtbert.engine.restore import EnsembleModel, restore_run
 from mtbert.engine.run import run_recipe
 from mtbert.errors import RecipeError, RunInterrupted
-from mtbert.plugins import load_plugins, set_plugins
+from mtbert.plugins import load_plugins
 from mtbert.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,18 +28,6 @@ SMALL = [
     "tasks.sst.test_limit=16", "tasks.para.test_limit=16", "tasks.sts.test_limit=16",
     "optim.epochs=1", "train.progress=false", "train.ensemble=2",
 ]
-
-
-@pytest.fixture
-def plugins_with(monkeypatch):
-    def make(*extra):
-        monkeypatch.setenv("MTBERT_PLUGINS", "builtin")
-        plugins = load_plugins(list(extra))
-        set_plugins(plugins)
-        return plugins
-
-    yield make
-    set_plugins(None)
 
 
 def ensemble_recipe(plugins, data_dir, extra=()):

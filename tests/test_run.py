@@ -17,7 +17,6 @@ from mtbert import hookimpl
 from mtbert.cli import cli
 from mtbert.engine.run import run_recipe
 from mtbert.errors import RunInterrupted
-from mtbert.plugins import load_plugins, set_plugins
 from mtbert.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,18 +53,6 @@ class StopAt:
                 os.kill(os.getpid(), signal.SIGINT)
             else:
                 run.request_stop("test interruption")
-
-
-@pytest.fixture
-def plugins_with(monkeypatch):
-    def make(*extra):
-        monkeypatch.setenv("MTBERT_PLUGINS", "builtin")
-        plugins = load_plugins(list(extra))
-        set_plugins(plugins)
-        return plugins
-
-    yield make
-    set_plugins(None)
 
 
 class EvaluationLog:
