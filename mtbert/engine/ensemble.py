@@ -34,7 +34,7 @@ from mtbert.engine.batches import load_split, resolve_file
 from mtbert.engine.evaluate import evaluate
 from mtbert.engine.restore import member_folders, restore_run
 from mtbert.engine.run_records import RunLog, data_hashes, is_resumable, now, run_status, same_recipe
-from mtbert.engine.runfolder import RunLock, claim_run_folder
+from mtbert.engine.runfolder import RunLock, claim_run_folder, folder_holds_files, set_aside
 from mtbert.engine.seeding import derive_seed
 from mtbert.errors import MtbertError, RecipeError, RunInterrupted
 from mtbert.files import WriteError, atomic_write_json, atomic_write_text
@@ -113,7 +113,7 @@ def _train_and_combine(recipe: Any, plugins: Any, folder: Path, resume: bool, sa
 def _run_member(recipe: Any, plugins: Any, folder: Path, say: Callable[[str], None], warn: Callable[[str], None] | None,
                 allow_data_change: bool, run_single: RunSingle, index: int, parent: Path) -> dict[str, Any]:
     """Skip a finished member, resume an interrupted one, else train it; what run.json records of it."""
-    holds_files = folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir())
+    holds_files = folder_holds_files(folder)
     if holds_files and run_status(folder) == "finished":
         if not same_recipe(folder, recipe, plugins):
             raise MtbertError(f"{folder} holds a finished run of another recipe; remove it or choose another --out "
@@ -123,8 +123,7 @@ def _run_member(recipe: Any, plugins: Any, folder: Path, say: Callable[[str], No
     else:
         resume = holds_files and is_resumable(folder)
         if holds_files and not resume:  # it died before its first save: keep what it wrote, start again
-            aside = folder.with_name(f"{folder.name}.failed-{int(time.time())}")
-            folder.rename(aside)
+            aside = set_aside(folder)
             say(f"  moved the member's unfinished first attempt aside: {aside}")
         try:
             _, summary = run_single(recipe, plugins, out=folder, resume=resume, say=say, warn=warn,

@@ -57,27 +57,15 @@ def encoder_files_folder(folder: Path) -> Path:
     return old if not new.is_dir() and old.is_dir() else new
 
 
-class MeanOfHeads:
-    """An ensemble's head for one task: its members' heads map the mean raw output to a prediction.
-
-    Heads' ``predict`` is a fixed function of the raw output (argmax of logits, sign of a
-    binary logit, a clamp of a score), the same in every member, so one member's serves.
-    """
-
-    def __init__(self, head: nn.Module):
-        self.head = head
-
-    def predict(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.head.predict(raw)
-
-
 class EnsembleModel(nn.Module):
     """Members' raw outputs (logits, scores) averaged: what ``evaluate`` and ``predict`` need of a model."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.heads = {name: MeanOfHeads(head) for name, head in members[0].heads.items()}
+        # Heads' predict is a fixed function of the raw output (argmax, sign, clamp), the same in
+        # every member, so member 1's map the mean output to predictions.
+        self.heads = dict(members[0].heads.items())
 
     def forward(self, batch: Any) -> torch.Tensor:
         return torch.stack([member(batch).float() for member in self.members]).mean(dim=0)

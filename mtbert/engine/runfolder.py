@@ -122,6 +122,16 @@ def folder_holds_files(folder: Path) -> bool:
     return folder.exists() and any(p.name != LOCK_NAME for p in folder.iterdir())
 
 
+def set_aside(folder: Path) -> Path:
+    """Rename an unfinished attempt that cannot be resumed to ``<name>.failed-<n>`` (kept, not deleted)."""
+    n = 1
+    while folder.with_name(f"{folder.name}.failed-{n}").exists():
+        n += 1
+    aside = folder.with_name(f"{folder.name}.failed-{n}")
+    folder.rename(aside)
+    return aside
+
+
 def clean_stale_temps(folder: Path, say: Callable[[str], None]) -> list[Path]:
     """Remove temporary files and folders of interrupted atomic writes; returns what went."""
     removed: list[Path] = []

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import attrs
 
 from mtbert.engine.run_records import is_resumable, run_status, same_recipe
+from mtbert.engine.runfolder import set_aside
 from mtbert.errors import MtbertError, RecipeError, RunInterrupted
 from mtbert.files import atomic_write_json, atomic_write_text
 from mtbert.recipe import apply_overrides, load_recipe, override_key, read_with_includes
@@ -95,11 +96,7 @@ def run_variant(variant: Variant, recipe: Any, plugins: Any, say: Callable[[str]
         if is_resumable(folder) and same_recipe(folder, recipe, plugins):
             resume = True
         else:
-            n = 1
-            while folder.with_name(f"{folder.name}.failed-{n}").exists():
-                n += 1
-            aside = folder.with_name(f"{folder.name}.failed-{n}")
-            folder.rename(aside)
+            aside = set_aside(folder)
             say(f"  moved the earlier unfinished attempt aside: {aside}")
     try:
         _, summary = run_recipe(recipe, plugins, out=folder, resume=resume, say=say, warn=warn)
