@@ -195,20 +195,12 @@ def _write_eval(folder: Path, record: dict[str, Any]) -> None:
 @guard
 def eval_command(run_dir: Path, overrides: tuple[str, ...]) -> None:
     """Evaluate RUN_DIR's best checkpoint on the dev files (overrides may point them elsewhere)."""
-    from mtbert.engine.batches import load_split, resolve_file
     from mtbert.engine.evaluate import evaluate
-    from mtbert.engine.restore import restore_run
+    from mtbert.engine.restore import load_splits, restore_run
 
     restored = restore_run(run_dir, list(overrides), cli_plugins())
     recipe = restored.recipe
-    files = {}
-    for name, task in restored.tasks.items():
-        section = recipe.tasks[name].section
-        path, key = resolve_file(recipe.data_dir(), name, section, task.spec, "dev")
-        load_split(task, "dev", path, key, tokenizer=restored.tokenizer, max_length=recipe.data.max_length,
-                   strict=recipe.data.strict, limit=section.dev_limit, warn=warn,
-                   slice_seed=recipe.data.slice_seed, progress=True)
-        files[name] = str(path)
+    files = {name: str(paths["dev"]) for name, paths in load_splits(restored, ("dev",), warn=warn, progress=True).items()}
     metrics, _ = evaluate(restored.model, restored.tasks, "dev", device=restored.device,
                           precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size, progress=True)
     for key, value in metrics.items():

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import attrs
 
-from mtbert.recipe.keys import NEUTRAL_KEYS, flatten_recipe
+from mtbert.recipe.keys import RESULT_NEUTRAL_KEYS, flatten_recipe
 from mtbert.recipe.sections import with_section_defaults
 from mtbert.replicates import Row
 
@@ -95,7 +95,7 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
     """Recipe keys whose values are not the same in every compared run (the name excluded)."""
     flats = [_flatten(r.recipe) for r in records]
     keys = sorted(set().union(*flats)) if flats else []
-    ignore = NEUTRAL_KEYS | {"name", "description"}
+    ignore = RESULT_NEUTRAL_KEYS
 
     def differ(rows: list[dict[str, Any]], key: str) -> bool:
         return len({json.dumps(f.get(key), sort_keys=True) for f in rows}) > 1

@@ -20,8 +20,10 @@ from typing import Any
 
 import attrs
 
+from mtbert.recipe.keys import RESULT_NEUTRAL_KEYS
+
 #: Recipe keys that do not tell replicates apart (``seed`` is what varies between them).
-NOT_COMPARED = {"name", "description", "seed", "train.progress", "train.keep_last", "data.dir", "data.cache", "train.device", "train.threads"}
+NOT_COMPARED = RESULT_NEUTRAL_KEYS | {"seed"}
 
 
 @attrs.define

@@ -175,6 +175,22 @@ def test_a_saved_recipe_without_a_newer_option_is_the_same_recipe_at_its_default
     assert not same_recipe(tmp_path, single, plugins)
 
 
+def test_a_renamed_copy_of_a_recipe_is_the_same_recipe(plugins_with, data_dir, tmp_path):
+    """Name and description are labels: a recipe that promotes another under a new name (as
+    recipes/best.toml does) adopts that recipe's finished runs, and compare pools them."""
+    from mtbert.engine.run_records import same_recipe
+    from mtbert.replicates import NOT_COMPARED
+
+    plugins = plugins_with()
+    original = ensemble_recipe(plugins, data_dir)
+    (tmp_path / "recipe.toml").write_text(original.to_toml())
+    renamed = ensemble_recipe(plugins, data_dir, ["name=best", 'description="promoted"'])
+    assert renamed.name == "best" and renamed.name != original.name
+    assert same_recipe(tmp_path, renamed, plugins)
+    assert not same_recipe(tmp_path, ensemble_recipe(plugins, data_dir, ["name=best", "optim.lr=1e-4"]), plugins)
+    assert {"name", "description", "seed"} <= NOT_COMPARED
+
+
 def test_validate_says_the_recipe_is_an_ensemble(plugins_with, data_dir):
     plugins_with()
     result = CliRunner().invoke(cli, ["validate", str(REPO / "recipes" / "ablations" / "ensemble.toml"),

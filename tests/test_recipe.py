@@ -264,3 +264,16 @@ def test_every_shipped_recipe_validates_and_says_how_to_run_it(path, monkeypatch
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# Run: ") and "mtbert run recipes/" in first, f"{path} must begin with its run command"
     load_recipe(path, [], load_plugins())
+
+
+def test_best_recipe_is_full_proportional_as_an_ensemble_of_three(monkeypatch):
+    """recipes/best.toml promotes the measured recipe unchanged (RESULTS.md): only its labels
+    and ``train.ensemble`` differ from full-proportional.toml, so its runs pool with that recipe's."""
+    from mtbert.recipe import changed_keys
+
+    monkeypatch.delenv("MTBERT_PLUGINS", raising=False)
+    plugins = load_plugins()
+    best = load_recipe(REPO / "recipes" / "best.toml", [], plugins)
+    promoted = load_recipe(REPO / "recipes" / "full-proportional.toml", [], plugins)
+    assert best.train.ensemble == 3
+    assert changed_keys(promoted.to_dict(), best.to_dict()) == ["description", "name", "train.ensemble"]

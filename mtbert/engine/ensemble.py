@@ -30,9 +30,8 @@ from typing import Any, Callable
 
 import attrs
 
-from mtbert.engine.batches import load_split, resolve_file
 from mtbert.engine.evaluate import evaluate
-from mtbert.engine.restore import member_folders, restore_run
+from mtbert.engine.restore import load_splits, member_folders, restore_run
 from mtbert.engine.run_records import RunLog, data_hashes, is_resumable, now, run_status, same_recipe
 from mtbert.engine.runfolder import RunLock, claim_run_folder, folder_holds_files, set_aside
 from mtbert.engine.seeding import derive_seed
@@ -142,15 +141,7 @@ def _combine(folder: Path, recipe: Any, plugins: Any, say: Callable[[str], None]
     """Evaluate the members' mean output on dev; write the metrics, predictions and TensorBoard scalars."""
     restored = restore_run(folder, [], plugins)
     splits = ("dev", "test") if recipe.train.predict else ("dev",)
-    for name, task in restored.tasks.items():
-        section = restored.recipe.tasks[name].section
-        for split in splits:
-            path, key = resolve_file(restored.recipe.data_dir(), name, section, task.spec, split)
-            if path is None or not path.is_file():
-                continue
-            load_split(task, split, path, key, tokenizer=restored.tokenizer, max_length=recipe.data.max_length,
-                       strict=recipe.data.strict, limit=getattr(section, f"{split}_limit"), warn=warn or say,
-                       slice_seed=recipe.data.slice_seed, cache=recipe.data.cache)
+    load_splits(restored, splits, warn=warn or say, optional=("test",))
     options = dict(device=restored.device, precision=recipe.train.precision, batch_size=recipe.data.eval_batch_size)
     t0 = time.perf_counter()
     metrics, dev_outputs = evaluate(restored.model, restored.tasks, "dev", **options)

@@ -11,13 +11,13 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import torch
 from torch import nn
 
-from mtbert.engine.batches import TaskData
+from mtbert.engine.batches import TaskData, load_split, resolve_file
 from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.device import choose_device
 from mtbert.engine.multitask_model import build_model
@@ -136,3 +136,26 @@ def _restore_ensemble(folder: Path, overrides: list[str], plugins: Plugins) -> R
         pass
     return RestoredRun(folder=folder, recipe=first.recipe, model=model,
                        tokenizer=first.tokenizer, device=first.device, tasks=first.tasks, best=best)
+
+
+def load_splits(restored: RestoredRun, splits: tuple[str, ...], *, warn: Callable[[str], None],
+                optional: tuple[str, ...] = (), progress: bool = False) -> dict[str, dict[str, Path]]:
+    """Load every task's ``splits`` files as the run's recipe names them (overrides applied).
+
+    A missing file of a split in ``optional`` (an ensemble's test predictions) is skipped; any
+    other missing file is a one-line :class:`~mtbert.errors.DataError`. Returns the files read,
+    by task and split, for the records that cite them (``eval.json``).
+    """
+    recipe = restored.recipe
+    files: dict[str, dict[str, Path]] = {}
+    for name, task in restored.tasks.items():
+        section = recipe.tasks[name].section
+        for split in splits:
+            path, key = resolve_file(recipe.data_dir(), name, section, task.spec, split)
+            if split in optional and (path is None or not path.is_file()):
+                continue
+            load_split(task, split, path, key, tokenizer=restored.tokenizer, max_length=recipe.data.max_length,
+                       strict=recipe.data.strict, limit=getattr(section, f"{split}_limit"), warn=warn,
+                       slice_seed=recipe.data.slice_seed, cache=recipe.data.cache, progress=progress)
+            files.setdefault(name, {})[split] = path
+    return files

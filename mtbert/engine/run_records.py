@@ -24,7 +24,7 @@ from mtbert.engine.batches import resolve_file
 from mtbert.errors import CheckpointError, RecipeError
 from mtbert.files import file_sha1
 from mtbert.plugins import Plugins
-from mtbert.recipe import Recipe, changed_keys, validate
+from mtbert.recipe import RESULT_NEUTRAL_KEYS, Recipe, changed_keys, validate
 from mtbert.version import __version__
 
 
@@ -112,14 +112,16 @@ def same_recipe(folder: Path, recipe: Recipe, plugins: Plugins) -> bool:
     """Whether ``folder/recipe.toml`` is ``recipe`` (keys that do not change results aside).
 
     The saved recipe is validated again, so an option added to mtbert since that run (absent
-    from its recipe.toml) compares equal at its default, as for ``--resume``.
+    from its recipe.toml) compares equal at its default, as for ``--resume``. A recipe's name
+    and description are labels: a renamed copy of a recipe (``best.toml`` including the recipe
+    it promotes) adopts the original's finished runs.
     """
     try:
         table = tomllib.loads((folder / "recipe.toml").read_text(encoding="utf-8"))
         old = validate(table, plugins, source=str(folder / "recipe.toml")).to_dict()
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecipeError):
         return False
-    return not changed_keys(old, recipe.to_dict())
+    return not changed_keys(old, recipe.to_dict(), RESULT_NEUTRAL_KEYS)
 
 
 def find_resumable(name: str, root: Path = Path("runs")) -> Path | None:

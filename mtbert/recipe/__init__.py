@@ -19,7 +19,7 @@ validated :class:`Recipe`), ``keys`` (recipes as dotted keys) and ``sweep_table`
 
 from __future__ import annotations
 
-from mtbert.recipe.keys import NEUTRAL_KEYS, changed_keys, flatten_recipe
+from mtbert.recipe.keys import LABEL_KEYS, NEUTRAL_KEYS, RESULT_NEUTRAL_KEYS, changed_keys, flatten_recipe
 from mtbert.recipe.reading import (
     apply_override, apply_overrides, key_label, locate, merge_tables, override_key, parse_override, read_with_includes,
     split_key, with_includes,
@@ -33,7 +33,7 @@ from mtbert.recipe.sweep_table import check_sweep_table
 from mtbert.recipe.validate import load_recipe, validate
 
 __all__ = [
-    "DATA_DIR_ENV", "NEUTRAL_KEYS", "TOP_LEVEL", "ComponentSpec", "DataSection", "ModelSection", "OptimSection",
+    "DATA_DIR_ENV", "LABEL_KEYS", "NEUTRAL_KEYS", "RESULT_NEUTRAL_KEYS", "TOP_LEVEL", "ComponentSpec", "DataSection", "ModelSection", "OptimSection",
     "Recipe", "TaskRecipe", "TaskSection", "TrainSection", "apply_override", "apply_overrides", "changed_keys",
     "check_sweep_table", "flatten_recipe", "key_label", "load_recipe", "locate",
     "merge_tables", "override_key", "parse_override", "read_with_includes", "resolve_component", "split_key",

@@ -9,6 +9,13 @@ from typing import Any
 #: change in them, a sweep reruns nothing for them, and compare shows no column for them.
 NEUTRAL_KEYS = frozenset({"train.progress", "train.keep_last", "train.device", "train.threads", "data.dir", "data.cache"})
 
+#: Keys that label a recipe without changing what it computes: two recipes that differ only in
+#: them train the same model, so a sweep adopts the other's finished run and compare pools them.
+LABEL_KEYS = frozenset({"name", "description"})
+
+#: Everything that does not change a run's results: :data:`NEUTRAL_KEYS` and :data:`LABEL_KEYS`.
+RESULT_NEUTRAL_KEYS = NEUTRAL_KEYS | LABEL_KEYS
+
 
 def flatten_recipe(table: Any, prefix: str = "") -> dict[str, Any]:
     """A recipe table keyed by dotted paths: ``optim.lr``, ``tasks.sst.head.name``.
