@@ -77,7 +77,10 @@ class Row:
 
     @property
     def epochs(self) -> str:
-        return ",".join(str(r.best.get("epoch", "—")) for r in self.records)
+        """Each replicate's best epoch; an ensemble (``train.ensemble``) has none of its own:
+        its one evaluation is of the members' mean output, each member at its own best epoch."""
+        return ",".join("ensemble" if r.best.get("stage") == "ensemble" else str(r.best.get("epoch", "—"))
+                        for r in self.records)
 
 
 def _identity(record: Any, flatten: Any) -> str:

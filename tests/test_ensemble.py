@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -153,6 +155,10 @@ def test_an_ensemble_trains_resumes_and_predicts_with_its_members_mean(tmp_path,
     result = CliRunner().invoke(cli, ["compare", str(folder), str(folder / "members" / "1")])
     assert result.exit_code == 0, result.output
     assert "ens" in result.output
+    result = CliRunner().invoke(cli, ["compare", str(folder), str(folder / "members" / "1"), "--format", "csv"])
+    rows = {line["run"]: line for line in csv.DictReader(io.StringIO(result.stdout))}
+    assert rows[folder.name]["best_epoch"] == "ensemble"  # no epoch of its own: the members' mean output
+    assert rows["1"]["best_epoch"].isdigit()
     result = CliRunner().invoke(cli, ["export", str(folder), str(tmp_path / "hf")])
     assert result.exit_code == 2
     assert f"export one member: mtbert export {folder / 'members' / '1'}" in result.output
