@@ -278,7 +278,7 @@ def compare(run_dirs: tuple[Path, ...], baseline: Path | None, fmt: str, plot_pa
 @click.option("--grid", "grid", multiple=True, metavar="KEY.PATH=V1,V2",
               help="Values to sweep, read like --set values, e.g. --grid optim.lr=2e-5,5e-5 (repeatable: the product).")
 @click.option("--seeds", metavar="N|S1,S2,..",
-              help="Run every variant once per seed: a count (the recipe's seed, then 1, 2, ...) or a list; compare pools them.")
+              help="Run every variant once per seed: a count (the recipe's seed, then 1, 2, ...) or a list (one seed: 7,); compare pools them.")
 @click.option("--optuna", "trials", type=click.IntRange(min=1), metavar="N",
               help="Search N trials with Optuna over the recipe's [sweep.space] ranges instead of a grid.")
 @click.option("--storage", metavar="URL",

@@ -307,7 +307,10 @@ def test_seeds_a_count_keeps_the_recipe_seed_first_and_a_list_is_taken_as_given(
     assert parse_seeds("3", 1) == [1, 2, 3]  # the recipe's seed is not drawn twice
     assert parse_seeds("1", 5) == [5]
     assert parse_seeds("11711,1,2", 0) == [11711, 1, 2]
-    for bad, message in (("0", "at least 1"), ("1,1", "twice"), ("a,b", "a count"), ("-1,2", ">= 0")):
+    assert parse_seeds("11711,", 0) == [11711] and parse_seeds("3,", 11711) == [3]  # one seed, not a count
+    assert len(parse_seeds("100", 11711)) == 100
+    for bad, message in (("0", "at least 1"), ("1,1", "twice"), ("a,b", "a count"), ("-1,2", ">= 0"),
+                         ("11711", "for the one seed 11711 write --seeds 11711,"), (",", "a count")):
         with pytest.raises(RecipeError) as info:
             parse_seeds(bad, 5)
         assert message in str(info.value) and "--seeds" in str(info.value)

@@ -65,20 +65,31 @@ def parse_grid(texts: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
+#: The largest ``--seeds`` count: more replicates than this is a seed mistaken for a count.
+MAX_SEED_COUNT = 100
+
+
 def parse_seeds(text: str, recipe_seed: int) -> list[int]:
-    """``--seeds``: ``"3"`` -> the recipe's seed then 1, 2, ... (3 in all); ``"11711,1,2"`` -> those seeds.
+    """``--seeds``: ``"3"`` -> the recipe's seed then 1, 2, ... (3 in all); ``"11711,1,2"`` -> those seeds;
+    ``"11711,"`` -> that one seed. A count above :data:`MAX_SEED_COUNT` is refused as a seed
+    written where a count was read.
 
     A count keeps the recipe's own seed first, so its existing run is one of the replicates.
     """
     parts = [p.strip() for p in str(text).split(",")]
+    one_seed = len(parts) == 2 and parts[1] == ""  # "11711,": a list of one seed
+    if one_seed:
+        parts = parts[:1]
     try:
         values = [int(p) for p in parts]
     except ValueError:
         raise RecipeError(f"--seeds {text!r}: expected a count (3) or a comma-separated list of seeds (11711,1,2)") from None
-    if len(values) == 1:
+    if len(values) == 1 and not one_seed:
         count = values[0]
         if count < 1:
             raise RecipeError(f"--seeds {text!r}: the count must be at least 1")
+        if count > MAX_SEED_COUNT:
+            raise RecipeError(f"--seeds {text!r}: a count of {count} runs; for the one seed {count} write --seeds {count},")
         seeds, candidate = [recipe_seed], 1
         while len(seeds) < count:
             if candidate != recipe_seed:
