@@ -22,7 +22,7 @@ from mtbert.engine.checkpoint import load_weights
 from mtbert.engine.device import choose_device
 from mtbert.engine.multitask_model import build_model
 from mtbert.engine.run_records import ENCODER_FILES
-from mtbert.errors import CheckpointError
+from mtbert.errors import CheckpointError, DataError
 from mtbert.plugins import Plugins
 from mtbert.recipe import DATA_DIR_ENV, Recipe, load_recipe
 
@@ -154,6 +154,8 @@ def load_splits(restored: RestoredRun, splits: tuple[str, ...], *, warn: Callabl
             path, key = resolve_file(recipe.data_dir(), name, section, task.spec, split)
             if split in optional and (path is None or not path.is_file()):
                 continue
+            if path is None:
+                raise DataError(f"{key}: task '{name}' has no default {split} file; set {key}")
             load_split(task, split, path, key, tokenizer=restored.tokenizer, max_length=recipe.data.max_length,
                        strict=recipe.data.strict, limit=getattr(section, f"{split}_limit"), warn=warn,
                        slice_seed=recipe.data.slice_seed, cache=recipe.data.cache, progress=progress)
