@@ -42,11 +42,20 @@ class Row:
 
     @property
     def name(self) -> str:
-        """The runs' common name: the folder name without its ``seed=N`` part when all agree."""
+        """The runs' common name: the folder name without its ``seed=N`` part when all agree.
+
+        Ensemble members (``RUN/members/<k>``) are named by their ensembles, so the members of
+        ``best-seed=11711`` and ``best-seed=1`` pool as "best (members)", not "1, 2, 3, 1, 2, 3".
+        """
         if self.n == 1:
             return self.first.name
         stripped = {re.sub(r"-?seed=\d+", "", r.name) or r.name for r in self.records}
-        return stripped.pop() if len(stripped) == 1 else ", ".join(r.name for r in self.records)
+        if len(stripped) == 1:
+            return stripped.pop()
+        if all(r.folder.parent.name == "members" for r in self.records):
+            owners = {re.sub(r"-?seed=\d+", "", r.folder.parent.parent.name) or r.folder.parent.parent.name for r in self.records}
+            return f"{', '.join(sorted(owners))} (members)"
+        return ", ".join(r.name for r in self.records)
 
     def values(self, metric: str) -> list[float]:
         return [float(r.best["dev"][metric]) for r in self.records if metric in r.best["dev"]]

@@ -159,6 +159,10 @@ def test_an_ensemble_trains_resumes_and_predicts_with_its_members_mean(tmp_path,
     rows = {line["run"]: line for line in csv.DictReader(io.StringIO(result.stdout))}
     assert rows[folder.name]["best_epoch"] == "ensemble"  # no epoch of its own: the members' mean output
     assert rows["1"]["best_epoch"].isdigit()
+    # The members pool as replicates named by their ensemble, not "1, 2".
+    result = CliRunner().invoke(cli, ["compare", *(str(m) for m in sorted((folder / "members").iterdir())), "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(row["run"], row["n"]) for row in rows] == [(f"{folder.name} (members)", "2")]
     result = CliRunner().invoke(cli, ["export", str(folder), str(tmp_path / "hf")])
     assert result.exit_code == 2
     assert f"export one member: mtbert export {folder / 'members' / '1'}" in result.output
