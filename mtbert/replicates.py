@@ -49,11 +49,11 @@ class Row:
         """
         if self.n == 1:
             return self.first.name
-        stripped = {re.sub(r"-?seed=\d+", "", r.name) or r.name for r in self.records}
+        stripped = {_without_seed(r.name) for r in self.records}
         if len(stripped) == 1:
             return stripped.pop()
         if all(r.folder.parent.name == "members" for r in self.records):
-            owners = {re.sub(r"-?seed=\d+", "", r.folder.parent.parent.name) or r.folder.parent.parent.name for r in self.records}
+            owners = {_without_seed(r.folder.parent.parent.name) for r in self.records}
             return f"{', '.join(sorted(owners))} (members)"
         return ", ".join(r.name for r in self.records)
 
@@ -90,6 +90,11 @@ class Row:
         its one evaluation is of the members' mean output, each member at its own best epoch."""
         return ",".join("ensemble" if r.best.get("stage") == "ensemble" else str(r.best.get("epoch", "—"))
                         for r in self.records)
+
+
+def _without_seed(name: str) -> str:
+    """A run folder's name without its ``seed=N`` part (a sweep's ``<variant>-seed=N``)."""
+    return re.sub(r"-?seed=\d+", "", name) or name
 
 
 def _identity(record: Any, flatten: Any) -> str:
